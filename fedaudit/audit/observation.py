@@ -1,0 +1,90 @@
+"""What the server legitimately sees of one client's round, and what it must never hand to attacks.
+
+An :class:`Observation` holds only what an honest-but-curious server has: the round, which
+client, the model it sent out (architecture, tokenizer, global weights), the update that came
+back and the public protocol parameters. The client's true examples travel separately as a
+:class:`GroundTruth`, which only the scorer reads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+import torch
+
+from fedaudit.models import ModelBundle
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Public training protocol: the server sets these, so a real server knows them."""
+
+    mode: Literal["fedsgd", "fedavg"]
+    lr: float
+    local_epochs: int
+    batch_size: int
+    mini_batch_size: int
+    max_seq_len: int
+    num_examples: int
+    """Examples the client says it trained on this round (Flower's ``num-examples``)."""
+
+    @property
+    def local_steps(self) -> int:
+        if self.mode == "fedsgd":
+            return 1
+        return self.local_epochs * math.ceil(self.num_examples / self.mini_batch_size)
+
+
+@dataclass(frozen=True)
+class Observation:
+    round: int
+    client: str
+    model: ModelBundle
+    """Public architecture knowledge: attacks may run it, but must load ``global_weights`` first."""
+    global_weights: Mapping[str, torch.Tensor]
+    update: Mapping[str, torch.Tensor]
+    """FedSGD: the gradient the client sent. FedAvg: weights after local training minus
+    ``global_weights``, in float64."""
+    protocol: Protocol
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "global_weights", MappingProxyType(dict(self.global_weights)))
+        object.__setattr__(self, "update", MappingProxyType(dict(self.update)))
+
+    @property
+    def exact_gradient(self) -> bool:
+        """True when ``gradient()`` is the client's batch gradient itself, not an estimate."""
+        return self.protocol.local_steps == 1
+
+    def gradient(self, name: str) -> torch.Tensor:
+        """The mean batch gradient of parameter ``name``, or its estimate after several steps.
+
+        FedAvg with plain SGD gives W_E = W_0 - lr * sum_s g_s, so -(W_E - W_0) / (lr * S) is the
+        mean of the S step gradients: exact for S = 1, and for S > 1 each g_s is taken at
+        moving weights (and rows touched by any step stay non-zero).
+        """
+        value = self.update[name]
+        if self.protocol.mode == "fedsgd":
+            return value
+        return -value / (self.protocol.lr * self.protocol.local_steps)
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """The examples a client really used this round (simulation only; never given to attacks)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def sequences(self) -> list[list[int]]:
+        """Token ids of every example, padding removed."""
+        return [ids[mask.bool()].tolist() for ids, mask in zip(self.input_ids, self.attention_mask)]

@@ -1,0 +1,203 @@
+"""fedaudit command line: ``run``, ``report`` and ``attack``.
+
+Scenario problems print one line (``fedaudit: error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedaudit.config import ConfigError, Scenario, load_scenario
+
+# Offline-friendly Flower defaults (see PLATFORM.md); a user's own settings win.
+for _key, _value in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_DEDUP_LOGS": "0"}.items():
+    os.environ.setdefault(_key, _value)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Federated learning with an honest-but-curious auditing server.")
+console = Console(highlight=False)
+
+ScenarioArg = Annotated[Optional[Path], typer.Argument(help="Scenario TOML (default: simulations/quickstart.toml).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: section.key=value (repeatable).")]
+
+
+def fail(message: str) -> None:
+    typer.echo(f"fedaudit: error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _load(path: Path | None, overrides: list[str] | None) -> Scenario:
+    try:
+        return load_scenario(path, overrides or [])
+    except ConfigError as err:
+        fail(str(err))
+        raise  # unreachable: fail() exits
+
+
+def _prepare(scenario: Scenario):
+    """Load data and build the model once up front, so bad data or model settings fail before
+    any simulation starts."""
+    from fedaudit import federation
+
+    data = federation.federated_data(scenario)
+    for client in range(scenario.federation.clients):
+        federation.client_shard(data, scenario, client, scenario.federation.clients)
+    return data, federation.build_global_model(scenario, data.examples.num_labels)
+
+
+@app.command()
+def run(scenario: ScenarioArg = None, set_: SetOpt = None,
+        verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's own logs.")] = False) -> None:
+    """Run a federated simulation in which the server audits every client update."""
+    sc = _load(scenario, set_)
+    try:
+        _prepare(sc)
+        from fedaudit.audit.store import RunStore
+
+        store = RunStore.create(sc)
+    except ConfigError as err:
+        fail(str(err))
+    except OSError as err:
+        fail(f"output.dir = {sc.output.dir!r}: {err}")
+    import logging
+
+    from flwr.simulation import run_simulation
+
+    from clients.app import build_client_app
+    from fedaudit.audit.store import read_records
+    from fedaudit.report.markdown import write_report
+    from server_strategies.app import build_server_app
+
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    console.print(f"Scenario [bold]{sc.name}[/]: {sc.federation.clients} clients x {sc.federation.rounds} rounds, "
+                  f"{sc.model.name} ({sc.training.mode}), attacks: {', '.join(sc.audit.attacks)}")
+    console.print(f"Run directory: {store.path}")
+    run_simulation(
+        server_app=build_server_app(sc, store.path),
+        client_app=build_client_app(sc),
+        num_supernodes=sc.federation.clients,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                        "init_args": {"logging_level": logging.INFO if verbose else logging.ERROR,
+                                      "log_to_driver": verbose}},
+        verbose_logging=verbose,
+    )
+    report = write_report(store.path)
+    records = read_records(store.path)
+    rounds_done = max([r["round"] for r in records if r.get("type") == "utility"] + [0])
+    console.print(f"Records: {store.records_path} ({len(records)} records, {rounds_done}/{sc.federation.rounds} rounds)")
+    console.print(f"Report:  {report}")
+    if rounds_done < sc.federation.rounds:
+        fail(f"the simulation stopped after {rounds_done} of {sc.federation.rounds} rounds; "
+             f"what finished is in {store.path}")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<run-id>).")]) -> None:
+    """Write report.md for a run (also for a run that was stopped mid-way)."""
+    from fedaudit.audit.store import RECORDS
+    from fedaudit.report.markdown import write_report
+
+    if not (run_dir / RECORDS).is_file():
+        fail(f"{run_dir}: not a run directory (no {RECORDS})")
+    console.print(f"Report: {write_report(run_dir)}")
+
+
+@app.command()
+def attack(
+    name: Annotated[str, typer.Argument(help="Attack name, e.g. embedding-rows.")],
+    scenario: Annotated[Optional[Path], typer.Option(help="Scenario TOML.")] = None,
+    set_: SetOpt = None,
+    batches: Annotated[int, typer.Option(min=1, help="How many batches to attack.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed for sampling the batches.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Write results here (JSON).")] = None,
+) -> None:
+    """Attack K client updates computed exactly as a client would, one per sampled batch."""
+    from fedaudit.attacks import ATTACKS
+
+    if name not in ATTACKS:
+        fail(f"unknown attack {name!r}; allowed: {', '.join(sorted(ATTACKS))}")
+    sc = _load(scenario, set_)
+    try:
+        data, public = _prepare(sc)
+    except ConfigError as err:
+        fail(str(err))
+    result = evaluate_attack(name, sc, data, public, batches, seed, out)
+    table = Table(title=f"{name} on {sc.name}: {batches} batches of {sc.training.batch_size}")
+    for column in ("batch", "status", "metrics", "seconds", "peak MB"):
+        table.add_column(column)
+    from fedaudit.report.summary import format_metrics
+
+    for row in result["batches"]:
+        table.add_row(str(row["batch"]), row["status"], format_metrics(row["metrics"]), f"{row['seconds']:.3f}",
+                      f"{row['peak_mem_mb']:.1f}")
+    console.print(table)
+    agg = result["aggregate"]
+    console.print("aggregate: " + format_metrics({k: v for k, v in agg.items() if k not in ("status_counts",)}))
+    if out is not None:
+        console.print(f"Wrote {out}")
+
+
+def evaluate_attack(name: str, sc: Scenario, data, public, batches: int, seed: int,
+                    out: Path | None) -> dict[str, Any]:
+    """Run attack ``name`` on ``batches`` client updates; rewrite ``out`` after every batch."""
+    from fedaudit import federation
+    from fedaudit.audit.auditor import Auditor
+    from fedaudit.training import local_update
+
+    client = federation.build_global_model(sc, data.examples.num_labels)
+    initial = {k: v.clone() for k, v in public.trainable_state().items()}
+    auditor = Auditor([name], sc.audit.budget_seconds)
+    result: dict[str, Any] = {"attack": name, "scenario": sc.model_dump(exclude_none=True), "batches": [],
+                              "aggregate": {}}
+    for k, index in enumerate(federation.sample_batches(data, sc, batches, seed)):
+        client.load_state(initial)
+        batch = federation.encode_examples(client, data.examples.subset(index), sc)
+        update = local_update(client, batch, sc.training, seed=seed * 1_000_003 + k)
+        observation = federation.observe(sc, 1, f"batch-{k}", public, initial, update.tensors, update.num_examples)
+        record = auditor.audit(observation, federation.ground_truth(batch))[0]
+        result["batches"].append({"batch": k, **{key: record[key] for key in
+                                                 ("status", "reason", "metrics", "seconds", "peak_mem_mb",
+                                                  "diagnostics")}})
+        result["aggregate"] = aggregate(result["batches"])
+        if out is not None:
+            _write_json(out, result)
+    return result
+
+
+def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = list(dict.fromkeys(k for r in rows for k in r["metrics"]))
+    agg: dict[str, Any] = {k: statistics.mean(r["metrics"][k] for r in rows if k in r["metrics"]) for k in keys}
+    agg["seconds_median"] = statistics.median(r["seconds"] for r in rows)
+    agg["peak_mem_mb"] = max(r["peak_mem_mb"] for r in rows)
+    agg["status_counts"] = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
+    return agg
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+    tmp.replace(path)
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as err:  # raised late, e.g. inside a data loader
+        typer.echo(f"fedaudit: error: {err}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

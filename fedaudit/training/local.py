@@ -1,0 +1,125 @@
+"""Local training exactly as a client runs it: FedSGD (one gradient) or FedAvg (local SGD epochs).
+
+What leaves the client, and why:
+* FedSGD replies carry the gradient itself (mean over the batch) and the server applies the
+  step. The auditor sees the gradient in the model's dtype, with nothing rounded away.
+* FedAvg replies carry the new weights, as a real client sends them. The server differences
+  them against the weights it sent, in float64. With float32 weights a step smaller than half
+  a float32 ulp of a weight rounds away inside the client, so the difference can under-state
+  what the client touched; ``model.dtype = "float64"`` removes that effect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerBase
+
+from fedaudit.config import TrainingConfig
+from fedaudit.models import ModelBundle
+
+
+@dataclass(frozen=True)
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def select(self, index: torch.Tensor) -> Batch:
+        return Batch(self.input_ids[index], self.attention_mask[index], self.labels[index])
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], labels: list[int], max_seq_len: int) -> Batch:
+    enc = tokenizer(list(texts), padding="longest", truncation=True, max_length=max_seq_len, return_tensors="pt")
+    return Batch(enc["input_ids"], enc["attention_mask"], torch.tensor(labels, dtype=torch.long))
+
+
+def loss_fn(bundle: ModelBundle, batch: Batch) -> torch.Tensor:
+    """Mean cross-entropy, computed in the model's dtype (the built-in causal-LM loss is float32)."""
+    logits = bundle.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    if bundle.task == "classification":
+        return F.cross_entropy(logits, batch.labels)
+    targets = batch.input_ids[:, 1:].masked_fill(batch.attention_mask[:, 1:] == 0, -100)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    kind: Literal["gradient", "weights"]
+    tensors: dict[str, torch.Tensor]
+    num_examples: int
+    steps: int
+    loss: float
+
+
+def _gradients(bundle: ModelBundle, batch: Batch) -> tuple[dict[str, torch.Tensor], float]:
+    params = dict(bundle.model.named_parameters())
+    trainable = [n for n, p in params.items() if p.requires_grad]
+    bundle.model.zero_grad(set_to_none=True)
+    loss = loss_fn(bundle, batch)
+    loss.backward()
+    grads = {n: (params[n].grad.detach().clone() if params[n].grad is not None
+                 else torch.zeros_like(params[n])) for n in trainable}
+    bundle.model.zero_grad(set_to_none=True)
+    return grads, loss.item()
+
+
+def fedsgd(bundle: ModelBundle, batch: Batch) -> LocalUpdate:
+    """One gradient of the mean loss over the batch."""
+    grads, loss = _gradients(bundle, batch)
+    return LocalUpdate("gradient", grads, len(batch), 1, loss)
+
+
+def fedavg(bundle: ModelBundle, batch: Batch, epochs: int, mini_batch_size: int, lr: float,
+           seed: int) -> LocalUpdate:
+    """``epochs`` passes of plain mini-batch SGD over the batch, shuffled per epoch with ``seed``."""
+    params = dict(bundle.model.named_parameters())
+    generator = torch.Generator().manual_seed(seed)
+    steps, losses = 0, []
+    for _ in range(epochs):
+        order = torch.randperm(len(batch), generator=generator)
+        for chunk in order.split(mini_batch_size):
+            grads, loss = _gradients(bundle, batch.select(chunk))
+            with torch.no_grad():
+                for name, grad in grads.items():
+                    params[name].sub_(lr * grad)
+            steps, losses = steps + 1, losses + [loss]
+    return LocalUpdate("weights", {k: v.clone() for k, v in bundle.trainable_state().items()},
+                       len(batch), steps, sum(losses) / len(losses))
+
+
+def local_update(bundle: ModelBundle, batch: Batch, training: TrainingConfig, seed: int) -> LocalUpdate:
+    """What a client computes from the global weights already loaded into ``bundle``."""
+    bundle.model.train()
+    if training.mode == "fedsgd":
+        return fedsgd(bundle, batch)
+    return fedavg(bundle, batch, training.local_epochs, training.mini_batch_size, training.lr, seed)
+
+
+@torch.no_grad()
+def evaluate(bundle: ModelBundle, batch: Batch, chunk: int = 32) -> dict[str, float]:
+    """Held-out loss and accuracy (classification: label accuracy; causal LM: next-token accuracy)."""
+    bundle.model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    for index in torch.arange(len(batch)).split(chunk):
+        part = batch.select(index)
+        logits = bundle.model(input_ids=part.input_ids, attention_mask=part.attention_mask).logits
+        if bundle.task == "classification":
+            total_loss += float(F.cross_entropy(logits, part.labels, reduction="sum"))
+            correct += int((logits.argmax(-1) == part.labels).sum())
+            count += len(part)
+        else:
+            targets = part.input_ids[:, 1:]
+            mask = part.attention_mask[:, 1:].bool()
+            flat = logits[:, :-1][mask]
+            total_loss += float(F.cross_entropy(flat, targets[mask], reduction="sum"))
+            correct += int((flat.argmax(-1) == targets[mask]).sum())
+            count += int(mask.sum())
+    bundle.model.train()
+    return {"loss": total_loss / max(count, 1), "accuracy": correct / max(count, 1)}

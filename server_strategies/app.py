@@ -1,0 +1,76 @@
+"""The ServerApp: a FedAvg federation whose server audits every client update each round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from fedaudit import federation
+from fedaudit.audit.auditor import Auditor
+from fedaudit.audit.store import RunStore
+from fedaudit.config import Scenario
+from fedaudit.report.console import RoundConsole
+from fedaudit.report.markdown import write_report
+from fedaudit.runconfig import scenario_from_run_config
+from fedaudit.training import evaluate
+from server_strategies.strategy import AuditingStrategy
+
+
+def run_audited_federation(grid: Grid, scenario: Scenario, store: RunStore) -> None:
+    """Train ``federation.rounds`` rounds, auditing each reply and recording utility per round."""
+    console = RoundConsole(scenario)
+
+    def sink(record: dict[str, Any]) -> None:
+        store.append(record)
+        console.record(record)
+
+    data = federation.federated_data(scenario)
+    num_labels = data.examples.num_labels
+    public_model = federation.build_global_model(scenario, num_labels)  # what attacks may run
+    evaluator = federation.build_global_model(scenario, num_labels)
+    holdout = federation.holdout_batch(evaluator, data, scenario)
+
+    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        evaluator.load_state(arrays.to_torch_state_dict())
+        metrics = evaluate(evaluator, holdout)
+        sink({"type": "utility", "round": server_round, "client": None, "attack": None,
+              "metrics": metrics, "examples": len(holdout)})
+        console.round_done(server_round)
+        return MetricRecord(metrics)
+
+    clients = scenario.federation.clients
+    inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients,
+                   min_available_nodes=clients)
+    auditor = Auditor(scenario.audit.attacks, scenario.audit.budget_seconds, sink=sink)
+    strategy = AuditingStrategy(inner, auditor, scenario, public_model, sink=sink)
+    t = scenario.training
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord.from_torch_state_dict(public_model.trainable_state()),
+        num_rounds=scenario.federation.rounds,
+        train_config=ConfigRecord({"mode": t.mode, "lr": t.lr, "local-epochs": t.local_epochs,
+                                   "batch-size": t.batch_size, "mini-batch-size": t.mini_batch_size}),
+        evaluate_fn=evaluate_global,
+    )
+    write_report(store.path)
+
+
+def build_server_app(scenario: Scenario | None = None, run_dir: Path | None = None) -> ServerApp:
+    """A ServerApp for ``scenario`` writing to ``run_dir``; by default both come from the run config."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        active = scenario or scenario_from_run_config(context.run_config)
+        store = RunStore(run_dir) if run_dir is not None else RunStore.create(active)
+        print(f"fedaudit run directory: {store.path}", flush=True)
+        run_audited_federation(grid, active, store)
+
+    return app
+
+
+app = build_server_app()
