@@ -17,3 +17,25 @@ def data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder not found at {path}; set FEDAUDIT_DATA_DIR")
     return path
+
+
+#: A GPT-2-architecture classifier small enough for unit tests (the real GPT-2 tokenizer).
+TINY_GPT2 = ["model.name=gpt2-random", "model.config={n_layer=1, n_embd=64, n_head=2}"]
+#: A BERT-architecture classifier (head with a bias) over the MiniLM WordPiece vocabulary.
+TINY_BERT = ["model.name=bert-random",
+             "model.config={num_hidden_layers=1, hidden_size=64, intermediate_size=128, num_attention_heads=2}"]
+
+
+@pytest.fixture(scope="session")
+def cola_path(data_dir: Path) -> Path:
+    return data_dir / "text" / "cola" / "in_domain_train.tsv"
+
+
+def run_cli(*args: str, timeout: float = 600, **kwargs):
+    """Run the installed ``fedaudit`` console script; returns the CompletedProcess."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("fedaudit") or str(Path(sys.executable).parent / "fedaudit")
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, **kwargs)

@@ -12,9 +12,10 @@ For logits z = W h + b and cross-entropy, dL/db = p - y and dL/dW = (p - y) h^T 
   with all others. With C = 2 the two rows are negatives of each other and the features are
   signed (LayerNorm/tanh), so the label is undetermined.
 * B > 1 with a bias: by (1) a negative entry means n_c >= 1, and an absent class has
-  g_b[c] = mean_i p_ic > 0. Counts follow from (1) once the batch-mean softmax is known; it is
-  estimated from the absent classes (Wainakh et al., "User-level label leakage", PETS 2022, LLG),
-  so counts are an estimate.
+  g_b[c] = mean_i p_ic > 0. Counts follow from (1) once the batch-mean softmax is known. The
+  server estimates it by running the global model on random token sequences (the "dummy data"
+  estimate of Wainakh et al., "User-level label leakage", PETS 2022, LLG+); counts are therefore
+  an estimate, whose error shrinks as the model's predictions depend less on the input.
 """
 
 from __future__ import annotations
@@ -29,23 +30,35 @@ if TYPE_CHECKING:
     from fedaudit.audit.observation import Observation
 
 
-def counts_from_bias_gradient(bias_grad: torch.Tensor, batch_size: int) -> list[int]:
-    """Label counts n_c from eq. (1), with mean_i p_ic estimated on classes with g_b[c] > 0."""
+def dummy_mean_softmax(observation: Observation, samples: int = 16, length: int = 16) -> torch.Tensor:
+    """The global model's mean softmax over random token sequences (seeded): a data-free estimate
+    of mean_i p_ic in eq. (1)."""
+    model = observation.global_model()
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    ids = torch.randint(vocab, (samples, length), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    return torch.softmax(logits.double(), dim=-1).mean(0)
+
+
+def counts_from_bias_gradient(bias_grad: torch.Tensor, batch_size: int,
+                              mean_softmax: torch.Tensor | None = None) -> list[int]:
+    """Label counts n_c = B (mean_i p_ic - g_b[c]) from eq. (1), rounded to sum to B.
+
+    ``mean_softmax`` estimates mean_i p_ic (uniform if None). A class with g_b[c] < 0 is certainly
+    present and keeps at least one example; g_b[c] > 0 only says n_c / B < mean_i p_ic.
+    """
     g = bias_grad.double()
-    present = g < 0
-    if not present.any():  # degenerate estimate: every class could hold the batch
-        present = torch.ones_like(present)
-    absent = g[~present]
-    mean_softmax = absent.mean() if absent.numel() else torch.tensor(1.0 / g.numel(), dtype=g.dtype)
-    raw = torch.where(present, batch_size * (mean_softmax - g), torch.zeros_like(g))
-    counts = torch.where(present, raw.round().clamp(min=1), torch.zeros_like(g))
-    # Round to exactly batch_size: grow the most under-counted present class, or shrink the most
-    # over-counted one, keeping every present class at >= 1.
+    estimate = torch.full_like(g, 1.0 / g.numel()) if mean_softmax is None else mean_softmax.double()
+    raw = (batch_size * (estimate - g)).clamp(min=0)
+    floor = (g < 0).double() if int((g < 0).sum()) <= batch_size else torch.zeros_like(g)
+    counts = torch.maximum(raw.round(), floor)
+    # Round to exactly batch_size: grow the most under-counted class, or shrink the most
+    # over-counted one above its floor.
     while counts.sum() < batch_size:
-        counts[torch.where(present, raw - counts, -torch.inf).argmax()] += 1
-    keep = present.double() if int(present.sum()) <= batch_size else torch.zeros_like(g)
+        counts[(raw - counts).argmax()] += 1
     while counts.sum() > batch_size:
-        counts[torch.where(counts > keep, counts - raw, -torch.inf).argmax()] -= 1
+        counts[torch.where(counts > floor, counts - raw, -torch.inf).argmax()] -= 1
     return [c for c, n in enumerate(counts.long().tolist()) for _ in range(n)]
 
 
@@ -88,10 +101,12 @@ class LabelRecovery:
                                     else f"{len(negative)} negative bias-gradient entries; took the smallest")
                 return Reconstruction("exact" if exact else "partial", reason, labels=[label],
                                       diagnostics=diagnostics)
-            labels = counts_from_bias_gradient(grad_b, batch)
+            mean_softmax = dummy_mean_softmax(observation)
+            labels = counts_from_bias_gradient(grad_b, batch, mean_softmax)
             diagnostics["classes_present"] = int((grad_b < 0).sum())
-            reason = ("label set exact where the bias gradient is negative; counts estimated from the "
-                      "batch-mean softmax of the absent classes")
+            diagnostics["mean_softmax_estimate"] = [round(float(p), 4) for p in mean_softmax]
+            reason = ("every class with a negative bias gradient is present; counts estimated with the "
+                      "global model's mean softmax on random tokens")
             return Reconstruction("partial", "; ".join(filter(None, [reason, approx])), labels=labels,
                                   diagnostics=diagnostics)
         # B = 1, no bias, C >= 3: the true row is the one whose inner products with all others are negative.

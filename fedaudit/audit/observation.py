@@ -60,6 +60,11 @@ class Observation:
         """True when ``gradient()`` is the client's batch gradient itself, not an estimate."""
         return self.protocol.local_steps == 1
 
+    def global_model(self) -> torch.nn.Module:
+        """The public model with the round's global weights loaded, in eval mode."""
+        self.model.load_state(dict(self.global_weights))
+        return self.model.model.eval()
+
     def gradient(self, name: str) -> torch.Tensor:
         """The mean batch gradient of parameter ``name``, or its estimate after several steps.
 

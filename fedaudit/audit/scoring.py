@@ -34,9 +34,10 @@ def preview(rec: Reconstruction, tokenizer: PreTrainedTokenizerBase, limit: int 
     if rec.sequences is not None:
         out["texts"] = [tokenizer.decode(seq) for seq in rec.sequences[:limit]]
     elif rec.tokens is not None:
-        ids = sorted(rec.tokens)
-        out["tokens"] = [tokenizer.decode([t]) for t in ids[:limit]]
-        out["tokens_total"] = len(ids)
+        # Longest first: whole words and numbers say more about what leaked than punctuation.
+        pieces = sorted((tokenizer.decode([t]) for t in rec.tokens), key=lambda s: (-len(s.strip()), s))
+        out["tokens"] = pieces[:limit]
+        out["tokens_total"] = len(pieces)
     if rec.labels is not None:
         out["labels"] = list(rec.labels)
     return out

@@ -102,7 +102,8 @@ def _tokenizer(cfg: ModelConfig, default: str | None) -> PreTrainedTokenizerBase
     try:
         tok = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"model.tokenizer = {source!r}: could not load ({_first_line(err)})") from None
+        key = "model.tokenizer" if cfg.tokenizer else "model.name"
+        raise ConfigError(f"{key} = {source!r}: could not load ({_first_line(err)})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

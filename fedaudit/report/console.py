@@ -28,11 +28,11 @@ class RoundConsole:
         if record.get("type") == "attack":
             style = STATUS_STYLE.get(record["status"], "")
             self.console.print(
-                f"[round {record['round']}/{total}] client {escape(str(record['client']))} "
+                f"\\[round {record['round']}/{total}] client {escape(str(record['client']))} "
                 f"{record['attack']}: [{style}]{record['status']}[/] {format_metrics(record['metrics'])} "
                 f"({record['seconds']:.2f} s)")
         elif record.get("type") == "client_error":
-            self.console.print(f"[round {record['round']}/{total}] client {record['client']} failed: "
+            self.console.print(f"\\[round {record['round']}/{total}] client {escape(str(record['client']))} failed: "
                                f"{escape(record['reason'])}", style="magenta")
 
     def round_done(self, server_round: int) -> None:

@@ -1,0 +1,100 @@
+"""Attacks cannot reach ground truth: not by import, not through the Observation's object graph."""
+
+from __future__ import annotations
+
+import ast
+import gc
+import inspect
+from pathlib import Path
+
+import torch
+
+import fedaudit.attacks as attacks_pkg
+from fedaudit.attacks import ATTACKS, Budget, Reconstruction
+from fedaudit.audit.auditor import Auditor
+from fedaudit.audit.observation import GroundTruth, Observation
+from tests.conftest import TINY_GPT2
+from tests.helpers import client_updates, scenario
+
+ATTACKS_DIR = Path(attacks_pkg.__file__).parent
+
+
+def _runtime_imports(tree: ast.Module) -> set[str]:
+    """Modules imported outside ``if TYPE_CHECKING:`` blocks."""
+    skipped = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped.update(id(n) for n in ast.walk(node))
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_attack_modules_import_neither_flwr_nor_the_audit_layer() -> None:
+    for path in ATTACKS_DIR.glob("*.py"):
+        source = path.read_text()
+        imported = _runtime_imports(ast.parse(source))
+        assert not any(m == "flwr" or m.startswith("flwr.") for m in imported), path
+        assert not any(m.startswith("fedaudit.audit") for m in imported), path
+        assert "GroundTruth" not in source, path
+
+
+def test_attack_entry_points_take_only_observation_and_budget() -> None:
+    for cls in ATTACKS.values():
+        assert list(inspect.signature(cls.run).parameters) == ["self", "observation", "budget"]
+        assert list(inspect.signature(cls.applicable).parameters) == ["self", "observation"]
+
+
+def test_observation_has_no_ground_truth_field() -> None:
+    fields = set(Observation.__dataclass_fields__)
+    assert fields == {"round", "client", "model", "global_weights", "update", "protocol"}
+
+
+def _reachable(root: object, limit: int = 200_000) -> set[int]:
+    """ids of every object reachable from ``root`` (gc referents, plus tensors' own attributes)."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack and len(seen) < limit:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (type, type(gc))):
+            continue
+        seen.add(id(obj))
+        stack.extend(gc.get_referents(obj))
+        if isinstance(obj, torch.Tensor) and obj._base is not None:
+            stack.append(obj._base)
+    return seen
+
+
+class SpyAttack:
+    """An attack that tries its hardest to find the ground truth from what it is given."""
+
+    name = "spy"
+    found: list[bool] = []
+    targets: set[int] = set()
+
+    def applicable(self, observation: Observation) -> tuple[bool, str]:
+        return True, ""
+
+    def run(self, observation: Observation, budget: Budget) -> Reconstruction:
+        reachable = _reachable(observation) | _reachable(budget)
+        SpyAttack.found.append(bool(reachable & SpyAttack.targets))
+        SpyAttack.found.append(any(isinstance(o, GroundTruth) for o in gc.get_referrers(observation)
+                                   if id(o) in reachable))
+        return Reconstruction("failed", "spy")
+
+
+def test_auditor_never_exposes_ground_truth_to_an_attack(monkeypatch) -> None:
+    (obs, truth), = client_updates(scenario(*TINY_GPT2, "training.batch_size=2"), 1)
+    SpyAttack.targets = {id(truth), id(truth.input_ids), id(truth.attention_mask), id(truth.labels),
+                         id(truth.input_ids.untyped_storage())}
+    SpyAttack.found = []
+    monkeypatch.setitem(ATTACKS, "spy", SpyAttack)
+    record = Auditor(["spy"], budget_seconds=60).audit(obs, truth)[0]
+    assert record["status"] == "failed", record["reason"]
+    assert SpyAttack.found == [False, False]
