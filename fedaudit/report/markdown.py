@@ -69,7 +69,7 @@ def render_report(run_dir: str | Path) -> str:
                       autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["md"] = md_escape
     env.filters["metrics"] = format_metrics
-    return env.get_template("report.md.j2").render(
+    return env.get_template("report.template.md").render(
         run_id=run_dir.name, scenario=scenario, summaries=_summaries(audits), utility=utility,
         accuracy_line=sparkline([u["metrics"]["accuracy"] for u in utility]),
         loss_line=sparkline([u["metrics"]["loss"] for u in utility]),
