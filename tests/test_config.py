@@ -81,3 +81,10 @@ def test_cli_errors_are_one_line_and_exit_2(args: list[str], needle: str) -> Non
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("fedaudit: error: ") and needle in lines[0]
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("simulations/*.toml")),
+                         ids=lambda p: p.name)
+def test_every_ready_scenario_validates(path: Path) -> None:
+    sc = load_scenario(path)
+    assert sc.name == path.stem
