@@ -82,7 +82,6 @@ def run(scenario: ScenarioArg = None, set_: SetOpt = None,
         logging.getLogger("flwr").setLevel(logging.WARNING)
     console.print(f"Scenario [bold]{sc.name}[/]: {sc.federation.clients} clients x {sc.federation.rounds} rounds, "
                   f"{sc.model.name} ({sc.training.mode}), attacks: {', '.join(sc.audit.attacks)}")
-    console.print(f"Run directory: {store.path}")
     run_simulation(
         server_app=build_server_app(sc, store.path),
         client_app=build_client_app(sc),
