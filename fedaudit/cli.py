@@ -152,19 +152,12 @@ def evaluate_attack(name: str, sc: Scenario, data, public, batches: int, seed: i
     """Run attack ``name`` on ``batches`` client updates; rewrite ``out`` after every batch."""
     from fedaudit import federation
     from fedaudit.audit.auditor import Auditor
-    from fedaudit.training import local_update
 
-    client = federation.build_global_model(sc, data.examples.num_labels)
-    initial = {k: v.clone() for k, v in public.trainable_state().items()}
     auditor = Auditor([name], sc.audit.budget_seconds)
     result: dict[str, Any] = {"attack": name, "scenario": sc.model_dump(exclude_none=True), "batches": [],
                               "aggregate": {}}
-    for k, index in enumerate(federation.sample_batches(data, sc, batches, seed)):
-        client.load_state(initial)
-        batch = federation.encode_examples(client, data.examples.subset(index), sc)
-        update = local_update(client, batch, sc.training, seed=seed * 1_000_003 + k)
-        observation = federation.observe(sc, 1, f"batch-{k}", public, initial, update.tensors, update.num_examples)
-        record = auditor.audit(observation, federation.ground_truth(batch))[0]
+    for k, (observation, truth) in enumerate(federation.sampled_updates(sc, data, public, batches, seed)):
+        record = auditor.audit(observation, truth)[0]
         result["batches"].append({"batch": k, **{key: record[key] for key in
                                                  ("status", "reason", "metrics", "seconds", "peak_mem_mb",
                                                   "diagnostics")}})
@@ -175,11 +168,12 @@ def evaluate_attack(name: str, sc: Scenario, data, public, batches: int, seed: i
 
 
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = list(dict.fromkeys(k for r in rows for k in r["metrics"]))
-    agg: dict[str, Any] = {k: statistics.mean(r["metrics"][k] for r in rows if k in r["metrics"]) for k in keys}
+    from fedaudit.report.summary import mean_metrics, status_counts
+
+    agg: dict[str, Any] = mean_metrics(rows)
     agg["seconds_median"] = statistics.median(r["seconds"] for r in rows)
     agg["peak_mem_mb"] = max(r["peak_mem_mb"] for r in rows)
-    agg["status_counts"] = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
+    agg["status_counts"] = status_counts(rows)
     return agg
 
 

@@ -7,6 +7,7 @@ scenario through these functions, so a scenario always means the same split ever
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -18,7 +19,7 @@ from fedaudit.config import Scenario, scenario_from_toml
 from fedaudit.data import TextExamples, holdout_split, load_text, partition
 from fedaudit.data.text import seeded_rng
 from fedaudit.models import ModelBundle, build_model
-from fedaudit.training.local import Batch, encode
+from fedaudit.training.local import Batch, encode, local_update
 
 #: Largest holdout the server evaluates each round (utility is a trend, not a benchmark).
 MAX_EVAL_EXAMPLES = 256
@@ -100,3 +101,17 @@ def sample_batches(data: FederatedData, scenario: Scenario, count: int, seed: in
     return [np.sort(rng.choice(data.train, size, replace=False)) for _ in range(count)]
 
 
+
+
+def sampled_updates(scenario: Scenario, data: FederatedData, public: ModelBundle, count: int,
+                    seed: int) -> Iterator[tuple[Observation, GroundTruth]]:
+    """``count`` client updates from the initial global model, one per sampled batch, each computed
+    exactly as a client would, with the server's Observation and the batch's GroundTruth."""
+    client = build_global_model(scenario, data.examples.num_labels)
+    initial = {k: v.clone() for k, v in public.trainable_state().items()}
+    for k, index in enumerate(sample_batches(data, scenario, count, seed)):
+        client.load_state(initial)
+        batch = encode_examples(client, data.examples.subset(index), scenario)
+        update = local_update(client, batch, scenario.training, seed=seed * 1_000_003 + k)
+        yield (observe(scenario, 1, f"batch-{k}", public, initial, update.tensors, update.num_examples),
+               ground_truth(batch))

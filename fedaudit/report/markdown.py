@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -14,7 +14,8 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from fedaudit.audit.store import SCENARIO, read_records
-from fedaudit.report.summary import attack_records, format_metrics, utility_records
+from fedaudit.report.summary import (attack_records, format_metrics, mean_metrics, status_counts,
+                                     utility_records)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,11 +47,8 @@ def _summaries(audits: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_attack[r["attack"]].append(r)
     out = []
     for name, rows in by_attack.items():
-        keys = list(dict.fromkeys(k for r in rows for k in r["metrics"]))
-        means = {k: mean(r["metrics"][k] for r in rows if isinstance(r["metrics"].get(k), (int, float)))
-                 for k in keys}
-        out.append({"attack": name, "count": len(rows), "statuses": dict(Counter(r["status"] for r in rows)),
-                    "means": format_metrics(means),
+        out.append({"attack": name, "count": len(rows), "statuses": status_counts(rows),
+                    "means": format_metrics(mean_metrics(rows)),
                     "seconds": mean(r["seconds"] for r in rows)})
     return out
 
