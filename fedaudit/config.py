@@ -31,6 +31,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class LoraConfig(_Section):
+    """LoRA adapters (peft) on the attention projections: only the factors and the head train and travel."""
+
+    r: int = Field(default=8, ge=1)
+    alpha: float = Field(default=16.0, gt=0.0)
+    target_modules: list[str] | None = None
+    """Module names to adapt; default: the query projection and its neighbours per family
+    (GPT-2: c_attn; LLaMA: q_proj, v_proj; BERT: query, value)."""
+
+
 class ModelConfig(_Section):
     name: str = "gpt2-random"
     """Zoo name (gpt2-random, gpt2, llama-random, bert-random, minilm-l6, smollm2-135m),
@@ -42,6 +52,7 @@ class ModelConfig(_Section):
     """Precision of training and of what clients send."""
     tokenizer: str | None = None
     """Tokenizer folder or hub id; default: the model's own, or the packaged GPT-2 BPE."""
+    lora: LoraConfig | None = None
 
 
 class DataConfig(_Section):

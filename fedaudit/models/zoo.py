@@ -89,6 +89,7 @@ def _gpt2_tokenizer(folder: str | None) -> GPT2TokenizerFast:
     # vocab=/merges= rather than vocab_file=: the latter silently yields empty ids in transformers 5.
     tok = GPT2TokenizerFast(vocab=vocab, merges=merges)
     tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
     return tok
 
 
@@ -106,6 +107,7 @@ def _tokenizer(cfg: ModelConfig, default: str | None) -> PreTrainedTokenizerBase
         raise ConfigError(f"{key} = {source!r}: could not load ({_first_line(err)})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
     return tok
 
 
@@ -191,6 +193,7 @@ def build_model(cfg: ModelConfig, num_labels: int = 2, seed: int = 0) -> ModelBu
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
+            tok.padding_side = "right"
             model = _pretrained(cfg, str(gguf.parent), tok, num_labels, dtype, gguf_file=gguf.name)
         else:
             source = {"gpt2": "openai-community/gpt2", "minilm-l6": None}.get(name, name)
@@ -200,12 +203,31 @@ def build_model(cfg: ModelConfig, num_labels: int = 2, seed: int = 0) -> ModelBu
                     raise ConfigError("model.task = 'causal-lm': minilm-l6 is an encoder; allowed: classification")
             tok = _tokenizer(cfg, source)
             model = _pretrained(cfg, source, tok, num_labels, dtype)
+    if cfg.lora is not None:
+        model = _with_lora(model, cfg)
     model.train()
     try:
         adapter = adapter_for(model, cfg.task)
     except ValueError as err:
         raise ConfigError(f"model.name = {name!r}: {err}") from None
     return ModelBundle(model=model, tokenizer=tok, adapter=adapter, name=name, task=cfg.task, dtype=dtype)
+
+
+LORA_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"], "bert": ["query", "value"]}
+
+
+def _with_lora(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    family = model.config.model_type
+    targets = cfg.lora.target_modules or LORA_TARGETS.get(family, ["q_proj", "v_proj"])
+    config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0, target_modules=targets,
+                        fan_in_fan_out=family == "gpt2",  # GPT-2's Conv1D stores (in, out)
+                        task_type=TaskType.SEQ_CLS if cfg.task == "classification" else TaskType.CAUSAL_LM)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        raise ConfigError(f"model.lora.target_modules = {targets!r}: {_first_line(err)}") from None
 
 
 def _pretrained(cfg: ModelConfig, source: str, tok: PreTrainedTokenizerBase, num_labels: int,

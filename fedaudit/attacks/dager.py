@@ -1,0 +1,640 @@
+"""DAGER: exact text recovery from the gradients of a transformer's attention query projections.
+
+Petrov, Dimitrov, Baader, Müller, Vechev, "DAGER: Exact Gradient Inversion for Large Language
+Models", NeurIPS 2024. Equation numbers below refer to that paper.
+
+The idea in four lines:
+
+* A linear layer Y = X W has dL/dW = X^T dL/dY, so while the batch holds fewer than d token
+  vectors, the input-side space of the query weight's gradient is exactly span{rows of X}
+  (Lemma 5.1); an SVD gives an orthonormal basis U of it.
+* A vector x is an input of that layer iff its residual ||x - U U^T x|| / ||x|| is ~0 (eq. 5).
+* Layer 1 reads norm(E[v] + P[i]) for token v at position i (no position term for rotary
+  models), so the check runs over the vocabulary and gives the candidate tokens per position.
+* Layer 2 reads a function of the whole prefix (decoders) or sentence (encoders): decoders grow
+  sentences left to right keeping extensions that pass the layer-2 check (Sec. 5.2); encoders
+  search the per-position candidates jointly, scored on layer 2.
+
+Thresholds come from the data: the rank is the largest gap of the float64 singular values; a
+true input's residual is of the order of the noise ratio nu = s_{r+1}/s_r (Davis-Kahan); absent
+inputs calibrate the other side (delta): at layer 1 the (r+1)-th smallest residual over all
+vocabulary x position candidates, of which exactly r are present; at layer 2 random token
+sequences, which are absent with overwhelming probability. The threshold is sqrt(nu * delta).
+
+What this module adds over the reference implementation: the layer-1 check of every (token,
+position) pair as Gram terms instead of materialized LayerNorm outputs (one V x d x (r + p)
+product), layer-2 extensions batched over all prefixes with their first-layer keys and values
+cached, the model's own forward observed through hooks (no patched transformers code), and
+no per-batch-size tolerances.
+
+Protocols. FedSGD gives the batch gradient: the check is exact up to float rounding. FedAvg
+gives W_E - W_0 = -lr * sum_s g_s over S local steps, whose span is the union of the inputs at
+every step; embeddings and norms move by O(lr) between steps, so candidates are formed at the
+midpoint weights W_0 + (W_E - W_0)/2 and the residual of a true input is O(lr^2) instead of 0:
+approximate, and the thresholds widen with the observed noise ratio. LoRA: see ``_query_span``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from fedaudit.attacks.base import Budget, BudgetExceeded, Reconstruction
+
+if TYPE_CHECKING:
+    from fedaudit.audit.observation import Observation
+    from fedaudit.models.adapters import AttentionInput
+
+F64 = torch.float64
+CHUNK_BYTES = 256 * 2**20
+"""Working-set bound for one chunk of the layer-1 check or of a layer-2 extension batch."""
+
+
+# ---------------------------------------------------------------- the span check
+
+@dataclass
+class Span:
+    """Orthonormal basis of the inputs of one linear layer, estimated from its weight gradient."""
+
+    basis: torch.Tensor
+    """(k, r) float64, orthonormal columns."""
+    rank: int
+    width: int
+    noise: float
+    """s_{r+1} / s_r: how far from the span a true input can appear."""
+    input_map: torch.Tensor | None = None
+    """(k, d): the span lives in the image of this map (LoRA factor A), or in input space if None."""
+    source: str = ""
+
+    @property
+    def full(self) -> bool:
+        return self.rank >= self.width
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """Relative distance of each row of ``x`` (..., d) to the span (eq. 5), float64."""
+        x = x.to(device=self.basis.device, dtype=F64)
+        if self.input_map is not None:
+            x = x @ self.input_map.T
+        rest = x - (x @ self.basis) @ self.basis.T
+        return rest.norm(dim=-1) / x.norm(dim=-1).clamp_min(torch.finfo(F64).tiny)
+
+
+def estimate_span(gradient: torch.Tensor, noise_floor: float, input_map: torch.Tensor | None = None,
+                  source: str = "") -> Span:
+    """Span of the input-side space of ``gradient`` (k_in x m): rank at the largest spectral gap.
+
+    ``noise_floor`` is the relative rounding level of the numbers the gradient was sent in: a
+    spectrum whose smallest value stays above sqrt(noise_floor) (the geometric middle between
+    rounding noise and the top singular value) has no noise part, so the span is full.
+    """
+    g = gradient.to(F64)
+    if not torch.isfinite(g).all():
+        raise ValueError(f"the gradient of {source or 'the query projection'} contains NaN or inf")
+    u, s, _ = torch.linalg.svd(g, full_matrices=False)
+    if s.numel() == 0 or s[0] <= 0:
+        raise ValueError(f"the gradient of {source or 'the query projection'} is zero")
+    rel = (s / s[0]).clamp_min(torch.finfo(F64).eps * 1e-3)
+    width = int(g.shape[0])
+    if s.numel() == width and float(rel[-1]) > math.sqrt(noise_floor):
+        rank = width
+    else:
+        gaps = rel[:-1].log() - rel[1:].log()
+        rank = int(gaps.argmax()) + 1 if gaps.numel() else 1
+    noise = float(rel[rank] / rel[rank - 1]) if rank < s.numel() else 1.0
+    return Span(basis=u[:, :rank].contiguous(), rank=rank, width=width, noise=noise,
+                input_map=input_map, source=source)
+
+
+def threshold(span: Span, absent: float) -> float:
+    """Geometric middle between the residual a true input can show and the closest absent one."""
+    return math.sqrt(max(span.noise, torch.finfo(F64).eps) * max(absent, torch.finfo(F64).eps))
+
+
+def split_at_gap(residuals: torch.Tensor, floor: float, rank: int) -> tuple[float, float]:
+    """(largest present, smallest absent) residual, split at the largest gap of the sorted log residuals.
+
+    Layer 1 has no fixed count of present candidates: besides the batch's own (token, position)
+    pairs, a LayerNorm without bias makes LN(e_v + p_i) a combination of LN(e_v + p_j),
+    LN(e_w + p_i) and LN(e_w + p_j) whenever those three are present, so such "completions"
+    pass too (layer 2 rejects them). What separates present from absent is the gap between
+    residuals at the noise level and residuals of order one; residuals below ``floor`` (the noise
+    ratio, the finest the gradient resolves) count as equal. Present candidates pair one of the
+    batch's tokens (at most about ``rank`` distinct ones; 2 * rank allows for dependent vectors)
+    with a position, so the gap lies among the 2 * (rank + 1) * positions smallest residuals.
+    """
+    values = residuals.flatten().clamp_min(max(floor, torch.finfo(F64).eps)).log()
+    keep = min(values.numel(), 2 * (rank + 1) * residuals.shape[1])
+    low = values.topk(keep, largest=False).values
+    gaps = low[1:] - low[:-1]
+    if gaps.numel() == 0:
+        return float(low[0].exp()), 1.0
+    cut = int(gaps.argmax())
+    return float(low[cut].exp()), float(low[cut + 1].exp())
+
+
+# ---------------------------------------------------------------- layer 1: every token, every position
+
+@dataclass
+class FirstInputs:
+    """Layer-1 query inputs are norm(tokens[v] + positions[i]), norm = LayerNorm or RMSNorm."""
+
+    tokens: torch.Tensor
+    """(V, d) token embeddings."""
+    positions: torch.Tensor
+    """(p, d) position vectors (one zero row for rotary models, whose first input has none)."""
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    eps: float
+    centered: bool
+    """LayerNorm subtracts the mean; RMSNorm does not."""
+
+
+def layer1_residuals(span: Span, inputs: FirstInputs, device: torch.device) -> torch.Tensor:
+    """Residual (eq. 5) of norm(tokens[v] + positions[i]) for every (v, i): (V, p), float64.
+
+    With z = e + p, c(z) its centered form (or z itself for RMSNorm) and s(z)^2 = |c(z)|^2/d + eps,
+    the input is x = (gamma*c(e) + gamma*c(p)) / s + beta; after the input map M (identity or
+    LoRA's A) write F = M(gamma*c(e)), G = M(gamma*c(p)), b = M beta. Then
+
+        |x|^2      = (|F|^2 + 2 F.G + |G|^2) / s^2 + 2 (F.b + G.b) / s + |b|^2
+        |U^T x|^2  = the same with f = U^T F, g = U^T G, c = U^T b
+        residual^2 = (|x|^2 - |U^T x|^2) / |x|^2
+
+    and s^2 needs c(e).c(p): every term is a per-token or per-position quantity or one
+    (V x k) @ (k x p) product, so no (V x p x d) tensor is ever formed.
+    """
+    d = inputs.tokens.shape[1]
+    U = span.basis
+    M = span.input_map
+    center = (lambda t: t - t.mean(-1, keepdim=True)) if inputs.centered else (lambda t: t)
+    gamma = inputs.weight.to(device, F64)
+    P = center(inputs.positions.to(device, F64))
+    G = P * gamma
+    b = inputs.bias.to(device, F64) if inputs.bias is not None else torch.zeros(d, dtype=F64, device=device)
+    if M is not None:
+        G, b = G @ M.T, b @ M.T
+    g, c = G @ U, b @ U
+    p2 = (P * P).sum(-1)
+    G2, g2, Gb, gc = (G * G).sum(-1), (g * g).sum(-1), G @ b, g @ c
+    b2, c2 = float(b @ b), float(c @ c)
+    rows = max(256, CHUNK_BYTES // (8 * (2 * d + U.shape[0] + 4 * P.shape[0])))
+    out = []
+    for start in range(0, inputs.tokens.shape[0], rows):
+        E = center(inputs.tokens[start:start + rows].to(device, F64))
+        F = E * gamma
+        if M is not None:
+            F = F @ M.T
+        f = F @ U
+        s2 = ((E * E).sum(-1, keepdim=True) + 2 * E @ P.T + p2) / d + inputs.eps
+        s = s2.sqrt()
+        xx = ((F * F).sum(-1, keepdim=True) + 2 * F @ G.T + G2) / s2 + 2 * ((F @ b)[:, None] + Gb) / s + b2
+        pp = ((f * f).sum(-1, keepdim=True) + 2 * f @ g.T + g2) / s2 + 2 * ((f @ c)[:, None] + gc) / s + c2
+        out.append(((xx - pp).clamp_min(0) / xx.clamp_min(torch.finfo(F64).tiny)).sqrt())
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------- layer 2: the model's own forward, observed
+
+class _Captured(Exception):
+    def __init__(self, value: torch.Tensor) -> None:
+        self.value = value
+
+
+@dataclass
+class Layer2Probe:
+    """Runs the model up to the second query projection and returns what that projection reads.
+
+    Decoders pass first-layer keys and values (``cache``) so that extending a prefix by one token
+    costs one token's forward, whatever the prefix length.
+    """
+
+    model: nn.Module
+    module: str
+
+    @contextmanager
+    def _hooked(self) -> Iterator[None]:
+        def stop(_module: nn.Module, args: tuple) -> None:
+            raise _Captured(args[0])
+
+        handle = self.model.get_submodule(self.module).register_forward_pre_hook(stop)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def inputs(self, input_ids: torch.Tensor, cache: Any = None) -> torch.Tensor:
+        with self._hooked(), torch.no_grad():
+            try:
+                self.model(input_ids=input_ids, attention_mask=None if cache is not None else torch.ones_like(input_ids),
+                           past_key_values=cache, use_cache=cache is not None)
+            except _Captured as captured:
+                return captured.value
+        raise RuntimeError(f"the forward pass never reached {self.module}")
+
+
+def _cache(keys: torch.Tensor, values: torch.Tensor) -> Any:
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=[(keys, values)])
+
+
+# ---------------------------------------------------------------- the attack
+
+@dataclass
+class _Setup:
+    span1: Span
+    span2: Span
+    model: nn.Module
+    probe: Layer2Probe
+    first: FirstInputs
+    max_len: int
+    vocab: int
+    device: torch.device
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+def _resolve(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Dager:
+    """DAGER over the first two attention layers of GPT-2, LLaMA and BERT families (FedSGD, FedAvg, LoRA)."""
+
+    name = "dager"
+
+    def __init__(self, device: str = "auto") -> None:
+        self.device = _resolve(device)
+
+    # ------------------------------------------------------------ applicability
+
+    def applicable(self, observation: Observation) -> tuple[bool, str]:
+        adapter = observation.model.adapter
+        if adapter.first_input is None or len(adapter.attention_inputs) < 2:
+            return False, "DAGER needs two attention layers and a known first-layer input (no adapter for this model)"
+        if observation.model.task == "classification" and adapter.num_layers < 3:
+            return False, (f"the model has {adapter.num_layers} layers: in a classifier the second layer's queries "
+                           "reach the loss only through a third attention layer (otherwise only the pooled token's do)")
+        for layer, entry in enumerate(adapter.attention_inputs, start=1):
+            names = [n for p in entry.projections for n in (p.weight, p.lora_a) if n]
+            if not any(n in observation.update for n in names):
+                return False, f"the layer-{layer} attention projections ({entry.module}) are frozen and have no LoRA factors"
+        return True, ""
+
+    # ------------------------------------------------------------ setup
+
+    def _input_span(self, observation: Observation, entry: AttentionInput, floor: float, layer: int) -> Span:
+        """The span of one attention layer's inputs, from the full weights or from LoRA factors.
+
+        Full weights: the query, key and value gradients side by side (all read the same input).
+        LoRA adds B A x to a projection. dL/dA = s B^T dY^T X lies in span(X) but has rank <= r;
+        dL/dB = s dY^T (X A^T) sees the inputs only through A (r dimensions). While B = 0 (peft's
+        initialization, so in round 1) dL/dA is exactly zero and dL/dB is used: the check runs on
+        A x in R^r. Once B != 0, dL/dA spans the inputs in full dimension. Either way the factors
+        separate inputs only while the batch holds fewer than r token vectors (r > B*n).
+        """
+        for proj in entry.projections:
+            if proj.lora_a is None or proj.lora_a not in observation.update:
+                continue
+            if not bool(observation.global_weights[proj.lora_b].any()):
+                a = observation.global_weights[proj.lora_a].to(self.device, F64)
+                grad_b = observation.gradient(proj.lora_b)  # (out, r)
+                return estimate_span(grad_b.T.to(self.device), floor, input_map=a,
+                                     source=f"{proj.lora_b} (layer {layer}; LoRA B = 0, so inputs are seen as A x)")
+            return estimate_span(observation.gradient(proj.lora_a).T.to(self.device), floor,
+                                 source=f"{proj.lora_a} (layer {layer})")
+        grads = [observation.gradient(p.weight) for p in entry.projections if p.weight in observation.update]
+        grads = [g if p.in_features_first else g.T for p, g in zip(entry.projections, grads)]
+        names = ", ".join(p.weight for p in entry.projections if p.weight in observation.update)
+        return estimate_span(torch.cat(grads, dim=1).to(self.device), floor, source=f"{names} (layer {layer})")
+
+    def _model(self, observation: Observation) -> nn.Module:
+        """The global model, or for FedAvg the midpoint of the local trajectory (see module doc)."""
+        model = observation.global_model()
+        if not observation.exact_gradient:
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, delta in observation.update.items():
+                    params[name].add_(0.5 * delta.to(params[name].dtype))
+        return model.to(self.device)
+
+    def _first_inputs(self, model: nn.Module, observation: Observation, max_len: int) -> FirstInputs:
+        spec = observation.model.adapter.first_input
+        params = dict(model.named_parameters())
+        tokens = params[observation.model.adapter.embedding].detach()
+        d = tokens.shape[1]
+        if spec.positions is not None:
+            positions = params[spec.positions].detach()[:max_len].to(F64)
+        else:
+            positions = torch.zeros(1, d, dtype=F64, device=tokens.device)
+        if spec.offset is not None:
+            positions = positions + params[spec.offset].detach()[0].to(F64)
+        return FirstInputs(tokens=tokens, positions=positions, weight=params[spec.norm_weight].detach(),
+                           bias=params[spec.norm_bias].detach() if spec.norm_bias else None,
+                           eps=spec.norm_eps, centered=spec.norm_kind == "layernorm")
+
+    def _setup(self, observation: Observation) -> _Setup:
+        adapter = observation.model.adapter
+        sent = next(iter(observation.update.values())).dtype
+        floor = float(torch.finfo(sent).eps)
+        span1 = self._input_span(observation, adapter.attention_inputs[0], floor, 1)
+        span2 = self._input_span(observation, adapter.attention_inputs[1], floor, 2)
+        model = self._model(observation)
+        max_len = observation.protocol.max_seq_len
+        spec = adapter.first_input
+        if spec.positions is not None:
+            max_len = min(max_len, int(model.get_parameter(spec.positions).shape[0]))
+        first = self._first_inputs(model, observation, max_len)
+        return _Setup(span1=span1, span2=span2, model=model, probe=Layer2Probe(model, adapter.attention_inputs[1].module),
+                      first=first, max_len=max_len, vocab=int(first.tokens.shape[0]), device=self.device)
+
+    # ------------------------------------------------------------ run
+
+    def run(self, observation: Observation, budget: Budget) -> Reconstruction:
+        started = time.perf_counter()
+        try:
+            setup = self._setup(observation)
+            return self._attack(observation, setup, budget, started)
+        finally:
+            observation.model.model.to("cpu")
+
+    def _attack(self, observation: Observation, setup: _Setup, budget: Budget, started: float) -> Reconstruction:
+        s1, s2 = setup.span1, setup.span2
+        d = int(setup.first.tokens.shape[1])
+        diag = setup.diagnostics
+        diag.update(rank_layer1=s1.rank, rank_layer2=s2.rank, tokens_implied=s1.rank, model_width=d,
+                    check_width=s1.width, span_source=s1.source, noise_layer1=s1.noise, noise_layer2=s2.noise,
+                    device=str(self.device))
+        expected = observation.protocol.num_examples
+        if s1.full or s2.full:
+            return Reconstruction("partial", (
+                f"B*n >= d: the query gradient has full rank {s1.width} (at least {s1.width} token vectors in "
+                f"{expected} examples), so every input passes the span check and nothing can be singled out; "
+                "smaller batches, shorter sequences or a wider layer (or a larger LoRA r) would leak"),
+                diagnostics=diag)
+
+        # layer 1: candidates per position
+        residuals = layer1_residuals(s1, setup.first, setup.device)
+        present1, absent1 = split_at_gap(residuals, floor=s1.noise, rank=s1.rank)
+        tau1 = math.sqrt(present1 * absent1)
+        passing = residuals < tau1
+        candidates = [torch.nonzero(passing[:, i]).flatten() for i in range(passing.shape[1])]
+        tokens = set(torch.nonzero(passing.any(1)).flatten().tolist())
+        diag.update(threshold_layer1=tau1, closest_absent_layer1=absent1, farthest_present_layer1=present1, layer1_passing=int(passing.sum()),
+                    seconds_layer1=time.perf_counter() - started)
+        if not tokens:
+            return Reconstruction("failed", "no vocabulary token passes the layer-1 span check", diagnostics=diag)
+
+        # layer 2: calibrate on random sequences, then search
+        absent2 = self._absent_layer2(setup)
+        tau2 = threshold(s2, absent2)
+        diag.update(threshold_layer2=tau2, closest_absent_layer2=absent2)
+        rotary = setup.first.positions.shape[0] == 1 and observation.model.adapter.first_input.positions is None
+        search = _DecoderSearch if observation.model.adapter.is_decoder else _EncoderSearch
+        finder = search(setup, tau2, candidates, rotary, observation.model.tokenizer, budget)
+        t2 = time.perf_counter()
+        try:
+            finder.run()
+            ran_out = False
+        except BudgetExceeded:
+            ran_out = True
+        diag.update(seconds_layer2=time.perf_counter() - t2, explained_layer2=finder.explained(),
+                    sentences_found=len(finder.found))
+        sequences = finder.best(expected)
+        reasons = []
+        if ran_out:
+            reasons.append(f"the time budget ran out during the layer-2 search ({len(finder.found)} sentences verified)")
+        if finder.explained() != s2.rank:
+            reasons.append(f"the verified sentences explain {finder.explained()} of the {s2.rank} layer-2 input "
+                           "vectors the gradient holds")
+        if len(finder.found) > expected:
+            reasons.append(f"{len(finder.found)} sentences pass every check but the client reports {expected} "
+                           "examples: the checks let some false sentences through; the best are returned")
+        elif len(finder.found) < expected and finder.explained() == s2.rank:
+            reasons.append(f"{expected - len(finder.found)} of the {expected} examples repeat a recovered sentence "
+                           "(repeats add no new vectors to the span, so their count is not observable)")
+        elif len(finder.found) < expected:
+            reasons.append(f"{len(finder.found)} of {expected} sentences verified")
+        if not observation.exact_gradient:
+            reasons.append(f"FedAvg over {observation.protocol.local_steps} local steps: candidates are formed at the "
+                           "midpoint weights, exact up to O(lr^2) drift of embeddings and norms")
+        if observation.model.task == "causal-lm":
+            reasons.append("causal LM: a sequence's last token predicts nothing scored, so its query gets no "
+                           "gradient and sentences are recovered without it")
+        status = "exact" if not reasons and sequences else ("partial" if sequences else "failed")
+        if status == "exact":
+            reason = (f"all {len(sequences)} sentences pass the layer-1 and layer-2 span checks and explain every "
+                      f"one of the {s2.rank} layer-2 input vectors")
+        else:
+            reason = "; ".join(reasons) or "no sentence passed the layer-2 span check"
+        return Reconstruction(status, reason, tokens=tokens, sequences=sequences, diagnostics=diag)
+
+    def _absent_layer2(self, setup: _Setup, samples: int = 64, length: int = 4) -> float:
+        """Closest layer-2 residual of random token sequences (positions >= 1; absent w.h.p.)."""
+        gen = torch.Generator().manual_seed(0)
+        ids = torch.randint(setup.vocab, (samples, min(length, setup.max_len)), generator=gen).to(setup.device)
+        x = setup.probe.inputs(ids)[:, 1:]
+        return float(setup.span2.residual(x).min()) if x.numel() else 1.0
+
+
+# ---------------------------------------------------------------- sentence search
+
+class _Search:
+    def __init__(self, setup: _Setup, tau: float, candidates: list[torch.Tensor], rotary: bool,
+                 tokenizer: Any, budget: Budget) -> None:
+        self.setup, self.tau, self.rotary, self.tokenizer, self.budget = setup, tau, rotary, tokenizer, budget
+        if rotary:  # one position-free token set serves every position
+            pool = candidates[0]
+            self.candidates = [pool] * setup.max_len
+        else:
+            self.candidates = candidates
+        self.found: list[tuple[list[int], float]] = []
+        """Verified sentences with their largest layer-2 residual."""
+        self.rejected: list[tuple[list[int], float]] = []
+        """Best unverified guesses (encoders), used only to fill up to B when verification falls short."""
+
+    def best(self, limit: int) -> list[list[int]]:
+        ranked = sorted(self.found, key=lambda item: item[1])
+        ranked += sorted(self.rejected, key=lambda item: item[1])
+        out: list[list[int]] = []
+        for seq, _ in ranked:
+            if seq not in out:
+                out.append(seq)
+        return out[:limit]
+
+
+class _DecoderSearch(_Search):
+    """Grow every prefix by every candidate of the next position in one batched call (Sec. 5.2)."""
+
+    def run(self) -> None:
+        setup, device = self.setup, self.setup.device
+        first = self.candidates[0].to(device)
+        if first.numel() == 0:
+            return
+        cache = _cache_from_forward(setup.probe, first[:, None])
+        x, keys, values = cache
+        res = setup.span2.residual(x[:, 0])
+        keep = res < self.tau
+        prefixes = first[keep][:, None]
+        worst = res[keep]
+        keys, values = keys[keep], values[keep]
+        for t in range(1, setup.max_len):
+            self.budget.check()
+            cand = self.candidates[t].to(device) if t < len(self.candidates) else first[:0]
+            if prefixes.shape[0] == 0:
+                break
+            if cand.numel() == 0:
+                self._finish(prefixes, worst)
+                return
+            parent, token, res, k_new, v_new = self._extend(keys, values, cand)
+            ok = res < self.tau
+            ended = torch.ones(prefixes.shape[0], dtype=torch.bool, device=device)
+            ended[parent[ok]] = False
+            self._finish(prefixes[ended], worst[ended])
+            parent, token, res = parent[ok], token[ok], res[ok]
+            prefixes = torch.cat([prefixes[parent], token[:, None]], dim=1)
+            worst = torch.maximum(worst[parent], res)
+            keys, values = k_new[ok], v_new[ok]
+        self._finish(prefixes, worst)
+
+    def _extend(self, keys: torch.Tensor, values: torch.Tensor, cand: torch.Tensor):
+        """Every prefix x every candidate, in memory-bounded chunks over cached first-layer states."""
+        n_pref, n_cand = keys.shape[0], cand.numel()
+        parent = torch.arange(n_pref, device=cand.device).repeat_interleave(n_cand)
+        token = cand.repeat(n_pref)
+        row_bytes = 3 * (keys[0].numel() + values[0].numel()) * keys.element_size() + 64 * keys.shape[1] * keys.shape[-1] * 8
+        rows = max(1, CHUNK_BYTES // row_bytes)
+        res, ks, vs = [], [], []
+        for start in range(0, parent.numel(), rows):
+            self.budget.check()
+            p, tok = parent[start:start + rows], token[start:start + rows]
+            cache = _cache(keys[p], values[p])
+            x = self.setup.probe.inputs(tok[:, None], cache)
+            res.append(self.setup.span2.residual(x[:, -1]))
+            layer = cache.layers[0]
+            ks.append(layer.keys)
+            vs.append(layer.values)
+        return parent, token, torch.cat(res), torch.cat(ks), torch.cat(vs)
+
+    def _finish(self, prefixes: torch.Tensor, worst: torch.Tensor) -> None:
+        for seq, w in zip(prefixes.tolist(), worst.tolist()):
+            self.found.append((seq, w))
+
+    def explained(self) -> int:
+        """Distinct prefixes of the verified sentences: each is one distinct layer-2 input vector."""
+        return len({tuple(seq[:t]) for seq, _ in self.found for t in range(1, len(seq) + 1)})
+
+
+def _cache_from_forward(probe: Layer2Probe, ids: torch.Tensor):
+    cache = _cache_empty()
+    x = probe.inputs(ids, cache)
+    layer = cache.layers[0]
+    return x, layer.keys, layer.values
+
+
+def _cache_empty() -> Any:
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+class _EncoderSearch(_Search):
+    """Bidirectional layer 2 sees the whole sentence: search the per-position candidates jointly.
+
+    For each sentence length (the positions where the separator token is a candidate), start
+    from a guess built from candidates no verified sentence explains yet, then move one
+    position at a time to the candidate that lowers the summed log layer-2 residual most (all
+    single-position changes scored in one batched forward), until no move helps. A sentence
+    whose every position passes the layer-2 check is verified. Restarts continue until the
+    verified sentences explain the layer-2 rank or the budget runs out.
+    """
+
+    def run(self) -> None:
+        lengths = self._lengths()
+        gen = torch.Generator().manual_seed(0)
+        stalls = {n: 0 for n in lengths}
+        while self.explained() < self.setup.span2.rank and lengths:
+            self.budget.check()
+            n = lengths[0]
+            seq, worst = self._descend(self._start(n, gen))
+            if worst < self.tau and seq not in [s for s, _ in self.found]:
+                self.found.append((seq, worst))
+                stalls[n] = 0
+            else:
+                if worst >= self.tau:
+                    self.rejected.append((seq, worst))
+                stalls[n] += 1
+            lengths = [m for m in lengths if stalls[m] <= self._patience(m)]
+            lengths.sort(key=lambda m: (stalls[m], -self._unexplained(m)))
+
+    def _patience(self, n: int) -> int:
+        """Restarts without a new sentence before a length is given up: its candidate count per position."""
+        return max(len(self.candidates[i]) for i in range(n))
+
+    def _lengths(self) -> list[int]:
+        sep = getattr(self.tokenizer, "sep_token_id", None)
+        nonempty = [i for i, c in enumerate(self.candidates) if c.numel()]
+        if sep is None or not nonempty:
+            return [len(nonempty)] if nonempty else []
+        return [i + 1 for i in nonempty if bool((self.candidates[i] == sep).any())]
+
+    def _options(self, n: int) -> list[torch.Tensor]:
+        sep = getattr(self.tokenizer, "sep_token_id", None)
+        opts = []
+        for i in range(n):
+            c = self.candidates[i]
+            if sep is not None:
+                c = c[c == sep] if i == n - 1 else (c[c != sep] if bool((c != sep).any()) else c)
+            opts.append(c)
+        return opts
+
+    def _used(self) -> set[tuple[int, int]]:
+        return {(i, tok) for seq, _ in self.found for i, tok in enumerate(seq)}
+
+    def _unexplained(self, n: int) -> int:
+        used = self._used()
+        return sum(1 for i, c in enumerate(self._options(n)) for tok in c.tolist() if (i, tok) not in used)
+
+    def _start(self, n: int, gen: torch.Generator) -> list[int]:
+        used = self._used()
+        seq = []
+        for i, c in enumerate(self._options(n)):
+            fresh = [tok for tok in c.tolist() if (i, tok) not in used]
+            pool = fresh or c.tolist()
+            seq.append(pool[int(torch.randint(len(pool), (1,), generator=gen))])
+        return seq
+
+    def _descend(self, seq: list[int]) -> tuple[list[int], float]:
+        opts = self._options(len(seq))
+        device = self.setup.device
+        while True:
+            self.budget.check()
+            batch = [list(seq)]
+            for i, c in enumerate(opts):
+                for tok in c.tolist():
+                    if tok != seq[i]:
+                        batch.append(seq[:i] + [tok] + seq[i + 1:])
+            ids = torch.tensor(batch, device=device)
+            res = self._residuals(ids)
+            score = res.clamp_min(self.setup.span2.noise).log().sum(-1)
+            best = int(score.argmin())
+            if best == 0 or float(score[best]) >= float(score[0]):
+                return seq, float(res[0].max())
+            seq = batch[best]
+
+    def _residuals(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = max(1, CHUNK_BYTES // (ids.shape[1] * self.setup.first.tokens.shape[1] * 64))
+        parts = [self.setup.span2.residual(self.setup.probe.inputs(ids[s:s + rows])) for s in range(0, ids.shape[0], rows)]
+        return torch.cat(parts)
+
+    def explained(self) -> int:
+        """Each distinct verified sentence holds one distinct layer-2 input vector per position."""
+        return sum(len(seq) for seq, _ in self.found)
