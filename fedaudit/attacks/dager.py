@@ -83,7 +83,9 @@ class Span:
         if self.input_map is not None:
             x = x @ self.input_map.T
         rest = x - (x @ self.basis) @ self.basis.T
-        return rest.norm(dim=-1) / x.norm(dim=-1).clamp_min(torch.finfo(F64).tiny)
+        norm = x.norm(dim=-1)
+        # A zero input (e.g. a zeroed padding embedding) adds nothing to any gradient: never "present".
+        return torch.where(norm > 0, rest.norm(dim=-1) / norm.clamp_min(torch.finfo(F64).tiny), 1.0)
 
 
 def estimate_span(gradient: torch.Tensor, noise_floor: float, input_map: torch.Tensor | None = None,
@@ -196,7 +198,8 @@ def layer1_residuals(span: Span, inputs: FirstInputs, device: torch.device) -> t
         s = s2.sqrt()
         xx = ((F * F).sum(-1, keepdim=True) + 2 * F @ G.T + G2) / s2 + 2 * ((F @ b)[:, None] + Gb) / s + b2
         pp = ((f * f).sum(-1, keepdim=True) + 2 * f @ g.T + g2) / s2 + 2 * ((f @ c)[:, None] + gc) / s + c2
-        out.append(((xx - pp).clamp_min(0) / xx.clamp_min(torch.finfo(F64).tiny)).sqrt())
+        rel = ((xx - pp).clamp_min(0) / xx.clamp_min(torch.finfo(F64).tiny)).sqrt()
+        out.append(torch.where(xx > 0, rel, 1.0))  # a zero input is never "present" (see Span.residual)
     return torch.cat(out)
 
 
@@ -496,6 +499,12 @@ class _DecoderSearch(_Search):
                 return
             parent, token, res, k_new, v_new = self._extend(keys, values, cand)
             ok = res < self.tau
+            if self.rotary:
+                # With rotary positions, attention over copies of one token returns that token's
+                # value at every position, so "A A ... A" reads exactly like "A" at layer 2 and
+                # always passes: such repeats are unobservable and not grown.
+                uniform = (prefixes == prefixes[:, :1]).all(1)
+                ok &= ~(uniform[parent] & (token == prefixes[parent, 0]))
             ended = torch.ones(prefixes.shape[0], dtype=torch.bool, device=device)
             ended[parent[ok]] = False
             self._finish(prefixes[ended], worst[ended])
