@@ -344,10 +344,24 @@ class Dager:
                            bias=params[spec.norm_bias].detach() if spec.norm_bias else None,
                            eps=spec.norm_eps, centered=spec.norm_kind == "layernorm")
 
+    @staticmethod
+    def _rounding_floor(observation: Observation) -> float:
+        """Relative rounding noise of the update as it arrived.
+
+        FedSGD sends the gradient in the model's dtype: eps of that dtype. FedAvg sends weights;
+        their difference carries half an ulp of each weight, which relative to the update is
+        eps * |W| / |W_E - W_0| (largest entries), far above eps when lr is small.
+        """
+        eps = float(torch.finfo(observation.model.dtype).eps)
+        if observation.exact_gradient and observation.protocol.mode == "fedsgd":
+            return eps
+        weights = max(float(w.abs().max()) for w in observation.global_weights.values() if w.numel())
+        update = max(float(u.abs().max()) for u in observation.update.values() if u.numel())
+        return min(1.0, eps * weights / max(update, torch.finfo(F64).tiny))
+
     def _setup(self, observation: Observation) -> _Setup:
         adapter = observation.model.adapter
-        sent = next(iter(observation.update.values())).dtype
-        floor = float(torch.finfo(sent).eps)
+        floor = self._rounding_floor(observation)
         span1 = self._input_span(observation, adapter.attention_inputs[0], floor, 1)
         span2 = self._input_span(observation, adapter.attention_inputs[1], floor, 2)
         model = self._model(observation)

@@ -156,7 +156,8 @@ def _random_config(name: str, cfg: ModelConfig, vocab_size: int) -> PretrainedCo
     else:  # bert-random: BERT-base layout over the MiniLM WordPiece vocabulary
         config = BertConfig(vocab_size=vocab_size)
         family = "bert"
-    # Dropout off: exact attacks assume the forward pass the server can replay.
+    # Dropout off: exact attacks assume the forward pass the server can replay (clients that
+    # train with dropout can set it back through model.config).
     for key in NO_DROPOUT[family]:
         setattr(config, key, 0.0)
     return _apply_overrides(config, cfg.config)
@@ -234,6 +235,10 @@ def _pretrained(cfg: ModelConfig, source: str, tok: PreTrainedTokenizerBase, num
                 dtype: torch.dtype, **kwargs: Any) -> PreTrainedModel:
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
+        # Dropout off as for random-init models (a model.config override turns it back on).
+        for key in NO_DROPOUT.get(config.model_type, ()):
+            if hasattr(config, key):
+                setattr(config, key, 0.0)
         _apply_overrides(config, cfg.config)
         _finish_config(config, tok, cfg, num_labels)
         return _auto_class(cfg.task).from_pretrained(
