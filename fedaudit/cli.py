@@ -153,7 +153,7 @@ def evaluate_attack(name: str, sc: Scenario, data, public, batches: int, seed: i
     from fedaudit import federation
     from fedaudit.audit.auditor import Auditor
 
-    auditor = Auditor([name], sc.audit.budget_seconds)
+    auditor = Auditor([name], sc.audit.budget_seconds, device=sc.audit.device)
     result: dict[str, Any] = {"attack": name, "scenario": sc.model_dump(exclude_none=True), "batches": [],
                               "aggregate": {}}
     for k, (observation, truth) in enumerate(federation.sampled_updates(sc, data, public, batches, seed)):

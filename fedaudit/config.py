@@ -94,6 +94,8 @@ class AuditConfig(_Section):
     attacks: list[str] = Field(default_factory=lambda: ["embedding-rows", "labels"])
     ground_truth: bool = True
     budget_seconds: float = Field(default=120.0, gt=0.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where attacks compute: "auto" takes CUDA when present."""
 
     @field_validator("attacks")
     @classmethod

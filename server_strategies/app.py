@@ -45,7 +45,7 @@ def run_audited_federation(grid: Grid, scenario: Scenario, store: RunStore) -> N
     clients = scenario.federation.clients
     inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients,
                    min_available_nodes=clients)
-    auditor = Auditor(scenario.audit.attacks, scenario.audit.budget_seconds, sink=sink)
+    auditor = Auditor(scenario.audit.attacks, scenario.audit.budget_seconds, sink=sink, device=scenario.audit.device)
     strategy = AuditingStrategy(inner, auditor, scenario, public_model, sink=sink)
     t = scenario.training
     strategy.start(

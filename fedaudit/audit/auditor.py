@@ -83,8 +83,8 @@ class Auditor:
     """Runs the configured attacks on every observation and hands each record to ``sink``."""
 
     def __init__(self, attacks: list[str], budget_seconds: float,
-                 sink: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.attacks = [make_attack(name) for name in attacks]
+                 sink: Callable[[dict[str, Any]], None] | None = None, device: str = "auto") -> None:
+        self.attacks = [make_attack(name, device) for name in attacks]
         self.budget_seconds = budget_seconds
         self.sink = sink
 

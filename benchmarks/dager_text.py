@@ -1,0 +1,133 @@
+"""DAGER text-recovery benchmark: quality, speed and memory per (model family, dataset, B).
+
+    python benchmarks/dager_text.py [--quick] [--batches K] [--rows NAME ...]
+
+Writes benchmarks/results/dager_text.json and .md (rewritten after every row, so an interrupted
+run keeps what finished). Each row attacks K client updates computed exactly as a client does
+(`fedaudit attack dager` with the same scenario), on this machine's device. The paper's figure
+for the same cell is printed beside ours where the paper has one (Petrov et al., NeurIPS 2024,
+Tables 1-4). The layer-1 check's achieved FLOP/s is reported beside a plain matmul's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fedaudit.cli import _prepare, evaluate_attack  # noqa: E402
+from fedaudit.config import load_scenario  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "text"
+COLA = str(DATA / "cola" / "in_domain_train.tsv")
+SST2 = str(DATA / "sst2" / "train.tsv")
+GPT2_SMALL = "model.config={n_layer=12, n_embd=768, n_head=12}"
+
+#: (row name, family, dataset, B, overrides, paper R-1/R-2 or None)
+PAPER_GPT2_COLA = {b: (1.0, 1.0) for b in (1, 2, 4, 8, 16, 32, 64)}
+PAPER_GPT2_SST2 = {b: (1.0, None) for b in (1, 2, 4, 8, 16, 32)}
+PAPER_BERT_COLA = {1: (1.0, None), 2: (1.0, None), 4: (0.940, None), 8: (0.678, None)}
+
+
+def rows() -> list[tuple[str, str, str, int, list[str], tuple | None]]:
+    out = []
+    for b in (1, 2, 4, 8, 16, 32, 64):
+        out.append((f"gpt2-cola-{b}", "GPT-2 (random, 124M)", "CoLA", b,
+                    ["model.name=gpt2-random", GPT2_SMALL, f"data.source={COLA}"], PAPER_GPT2_COLA.get(b)))
+        out.append((f"gpt2-sst2-{b}", "GPT-2 (random, 124M)", "SST-2", b,
+                    ["model.name=gpt2-random", GPT2_SMALL, f"data.source={SST2}"], PAPER_GPT2_SST2.get(b)))
+    for b in (1, 2, 4, 8):
+        out.append((f"llama-cola-{b}", "LLaMA (random, 4 layers, d=512)", "CoLA", b,
+                    ["model.name=llama-random", "model.config={}", f"data.source={COLA}"], None))
+        out.append((f"bert-cola-{b}", "BERT (MiniLM-L6, pretrained)", "CoLA", b,
+                    ["model.name=minilm-l6", "model.config={}", f"data.source={COLA}"], PAPER_BERT_COLA.get(b)))
+    out.append(("gpt2-cola-fedavg-4", "GPT-2 FedAvg E=2 mb=2 float64", "CoLA", 4,
+                ["model.name=gpt2-random", GPT2_SMALL, f"data.source={COLA}", "model.dtype=float64",
+                 "training.mode=fedavg", "training.local_epochs=2", "training.mini_batch_size=2"], None))
+    out.append(("gpt2-cola-lora-8", "GPT-2 LoRA r=256 (round 1)", "CoLA", 8,
+                ["model.name=gpt2-random", GPT2_SMALL, f"data.source={COLA}", "model.lora={r=256, alpha=256}"], None))
+    return out
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def layer1_gflops(diagnostics: list[dict], vocab: int) -> float | None:
+    """FLOPs of the layer-1 check's products (V x d x (r + 2p + ...)) over its measured seconds."""
+    rates = []
+    for d in diagnostics:
+        if "seconds_layer1" not in d:
+            continue
+        width, rank, positions = d["model_width"], d["rank_layer1"], d["positions_checked"]
+        flops = 2 * vocab * width * (rank + 2 * positions) + 2 * vocab * rank * positions
+        rates.append(flops / d["seconds_layer1"] / 1e9)
+    return sorted(rates)[len(rates) // 2] if rates else None
+
+
+def fmt(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def write(results: dict, path: Path) -> None:
+    path.with_suffix(".json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    lines = [f"# DAGER text recovery ({results['device']})", "",
+             f"{results['batches']} batches per row, FedSGD unless named; budget {results['budget_s']} s per batch. "
+             f"Plain matmul on this machine: {fmt(results['matmul_gflops_f32'], 1)} GFLOP/s float32, "
+             f"{fmt(results['matmul_gflops_f64'], 1)} float64.", "",
+             "| model | data | B | R-1 | R-2 | exact match | token recall | s/batch (median) | peak MB | "
+             "layer-1 GFLOP/s | status | paper R-1 / R-2 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        paper = r["paper"]
+        paper_s = "-" if paper is None else f"{fmt(paper[0], 3)} / {fmt(paper[1], 3)}"
+        lines.append(f"| {r['family']} | {r['dataset']} | {r['B']} | {fmt(r.get('rouge1'))} | {fmt(r.get('rouge2'))} | "
+                     f"{fmt(r.get('exact_match'))} | {fmt(r.get('token_recall'))} | {fmt(r['seconds_median'], 2)} | "
+                     f"{fmt(r['peak_mem_mb'], 0)} | {fmt(r['layer1_gflops'], 1)} | {r['status_counts']} | {paper_s} |")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--budget", type=float, default=300.0)
+    parser.add_argument("--rows", nargs="*", help="row names to run (default: all)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dager_text")
+    args = parser.parse_args()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    results = {"device": device, "batches": args.batches, "budget_s": args.budget,
+               "matmul_gflops_f32": matmul_gflops(torch.float32), "matmul_gflops_f64": matmul_gflops(torch.float64),
+               "rows": []}
+    for name, family, dataset, b, overrides, paper in rows():
+        if args.rows and name not in args.rows:
+            continue
+        sc = load_scenario(None, [*overrides, f"training.batch_size={b}", "audit.attacks=['dager']",
+                                  f"audit.budget_seconds={args.budget}", "data.max_examples=4000"])
+        data, public = _prepare(sc)
+        result = evaluate_attack("dager", sc, data, public, args.batches, seed=0, out=None)
+        agg = result["aggregate"]
+        row = {"name": name, "family": family, "dataset": dataset, "B": b, "paper": paper,
+               "layer1_gflops": layer1_gflops([r["diagnostics"] for r in result["batches"]], len(public.tokenizer)),
+               **{k: agg.get(k) for k in ("rouge1", "rouge2", "exact_match", "token_recall", "seconds_median",
+                                          "peak_mem_mb", "status_counts")}}
+        results["rows"].append(row)
+        print(f"{name}: R-1 {fmt(row['rouge1'])} R-2 {fmt(row['rouge2'])} EM {fmt(row['exact_match'])} "
+              f"{fmt(row['seconds_median'], 2)} s {row['status_counts']} (paper {paper})", flush=True)
+        write(results, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""DAGER on real CoLA batches: exact recovery per family and protocol, adapters vs the model's own forward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fedaudit.attacks import Budget
+from fedaudit.attacks.dager import Dager, layer1_residuals
+from fedaudit.audit.auditor import Auditor
+from fedaudit.audit.observation import Observation
+from fedaudit.audit.scoring import score
+from tests.helpers import client_updates, scenario
+
+TINY = {
+    "gpt2": ["model.name=gpt2-random", "model.config={n_layer=3, n_embd=128, n_head=2}"],
+    "llama": ["model.name=llama-random", "model.config={num_hidden_layers=3, hidden_size=128, intermediate_size=256, "
+              "num_attention_heads=4, num_key_value_heads=2, head_dim=32}"],
+    # The pretrained offline MiniLM-L6 (BERT family): at random init a BERT's layer 2 is nearly a
+    # LayerNorm of layer 1, too linear to tell mixed sentences apart (see the README).
+    "bert": ["model.name=minilm-l6", "model.config={}"],
+}
+
+
+def _updates(cola_path, *overrides: str, batches: int = 1, batch_size: int = 4):
+    sc = scenario(f"data.source={cola_path}", f"training.batch_size={batch_size}", "audit.attacks=['dager']",
+                  *overrides)
+    return client_updates(sc, batches)
+
+
+def _attack(observation: Observation):
+    attack = Dager(device="cpu")
+    ok, why = attack.applicable(observation)
+    assert ok, why
+    return attack.run(observation, Budget(120))
+
+
+def _assert_exact(rec, truth, tokenizer) -> None:
+    assert rec.status == "exact", rec.reason
+    assert sorted(rec.sequences) == sorted(truth.sequences())
+    metrics = score(rec, truth, tokenizer)
+    assert metrics["rouge1"] == 1.0 and metrics["exact_match"] == 1.0
+    assert rec.diagnostics["explained_layer2"] >= rec.diagnostics["rank_layer2"]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_exact_recovery_of_a_real_cola_batch_per_family(cola_path, family) -> None:
+    for observation, truth in _updates(cola_path, *TINY[family]):
+        _assert_exact(_attack(observation), truth, observation.model.tokenizer)
+
+
+def test_exact_recovery_under_fedavg(cola_path) -> None:
+    for observation, truth in _updates(cola_path, "model.name=gpt2-random", "model.config={n_layer=3, n_embd=768, n_head=12}",
+                                       "model.dtype=float64", "training.mode=fedavg", "training.local_epochs=2",
+                                       "training.mini_batch_size=2"):
+        assert observation.protocol.local_steps == 4
+        rec = _attack(observation)
+        # FedAvg is approximate (inputs drift between local steps): the issue's target is R-1 >= 0.95.
+        assert score(rec, truth, observation.model.tokenizer)["rouge1"] >= 0.95, rec.reason
+        assert len(rec.sequences) <= observation.protocol.num_examples
+        assert "FedAvg" in rec.reason
+
+
+def test_exact_recovery_from_lora_factors_in_round_one(cola_path) -> None:
+    for observation, truth in _updates(cola_path, *TINY["gpt2"], "model.lora={r=64, alpha=64}"):
+        assert all("lora" in name or "score" in name for name in observation.update)
+        rec = _attack(observation)
+        assert "lora_B" in rec.diagnostics["span_source"]  # B = 0 in round 1: lora_A's gradient is zero
+        _assert_exact(rec, truth, observation.model.tokenizer)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_adapter_inputs_equal_what_the_model_feeds_its_query_projections(cola_path, family) -> None:
+    observation, truth = _updates(cola_path, *TINY[family])[0]
+    attack = Dager(device="cpu")
+    setup = attack._setup(observation)
+    model = setup.model
+    seen: dict[int, torch.Tensor] = {}
+    handles = [model.get_submodule(entry.module).register_forward_pre_hook(
+        lambda _m, args, layer=layer: seen.__setitem__(layer, args[0].detach()))
+        for layer, entry in enumerate(observation.model.adapter.attention_inputs)]
+    ids = truth.input_ids[:1, : int(truth.attention_mask[0].sum())]
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    for handle in handles:
+        handle.remove()
+    formed = setup.first.materialize(ids)
+    torch.testing.assert_close(formed, seen[0].to(formed), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(setup.probe.inputs(ids), seen[1])
+    # and the Gram-form layer-1 check agrees with the residual of the explicit inputs
+    gram = layer1_residuals(setup.span1, setup.first, setup.device)
+    direct = setup.span1.residual(formed[0])
+    positions = torch.arange(ids.shape[1]) % gram.shape[1]
+    torch.testing.assert_close(gram[ids[0], positions], direct, rtol=1e-3, atol=1e-6)
+
+
+def test_more_tokens_than_width_is_partial_with_a_reason(cola_path) -> None:
+    observation, _ = _updates(cola_path, "model.name=gpt2-random", "model.config={n_layer=3, n_embd=32, n_head=2}",
+                              batch_size=8)[0]
+    rec = _attack(observation)
+    assert rec.status == "partial"
+    assert "B*n >= d" in rec.reason and rec.diagnostics["rank_layer1"] >= 31  # LayerNorm inputs fill 31 of 32 dims
+
+
+def test_an_update_with_nans_is_an_error_with_a_reason(cola_path) -> None:
+    observation, truth = _updates(cola_path, *TINY["gpt2"])[0]
+    update = dict(observation.update)
+    name = observation.model.adapter.attention_inputs[0].projections[0].weight
+    update[name] = update[name].clone()
+    update[name][0, 0] = math.nan
+    broken = Observation(observation.round, observation.client, observation.model, observation.global_weights,
+                         update, observation.protocol)
+    record = Auditor(["dager"], 60, device="cpu").audit(broken, truth)[0]
+    assert record["status"] == "error"
+    assert "NaN" in record["reason"]
+
+
+def test_a_two_layer_classifier_is_not_applicable_with_a_reason(cola_path) -> None:
+    observation, _ = _updates(cola_path, "model.name=gpt2-random", "model.config={n_layer=2, n_embd=128, n_head=2}")[0]
+    ok, why = Dager().applicable(observation)
+    assert not ok and "third attention layer" in why
