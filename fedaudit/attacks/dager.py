@@ -40,7 +40,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -259,10 +259,11 @@ class Layer2Probe:
         raise RuntimeError(f"the forward pass never reached {self.module}")
 
 
-def _cache(keys: torch.Tensor, values: torch.Tensor) -> Any:
+def _cache(keys: torch.Tensor | None = None, values: torch.Tensor | None = None) -> Any:
+    """First-layer keys and values of some prefixes (empty without them), as the model's cache."""
     from transformers import DynamicCache
 
-    return DynamicCache(ddp_cache_data=[(keys, values)])
+    return DynamicCache() if keys is None else DynamicCache(ddp_cache_data=[(keys, values)])
 
 
 # ---------------------------------------------------------------- the attack
@@ -277,7 +278,6 @@ class _Setup:
     max_len: int
     vocab: int
     device: torch.device
-    diagnostics: dict[str, Any] = field(default_factory=dict)
 
 
 def _resolve(device: str) -> torch.device:
@@ -409,7 +409,7 @@ class Dager:
     def _attack(self, observation: Observation, setup: _Setup, budget: Budget, started: float) -> Reconstruction:
         s1, s2 = setup.span1, setup.span2
         d = int(setup.first.tokens.shape[1])
-        diag = setup.diagnostics
+        diag: dict[str, Any] = {}
         diag.update(positions_checked=int(setup.first.positions.shape[0]), rank_layer1=s1.rank, rank_layer2=s2.rank, tokens_implied=s1.rank, model_width=d,
                     check_width=s1.width, span_source=s1.source, noise_layer1=s1.noise, noise_layer2=s2.noise,
                     device=str(self.device))
@@ -438,7 +438,7 @@ class Dager:
         absent2 = self._absent_layer2(setup)
         tau2 = threshold(s2, absent2)
         diag.update(threshold_layer2=tau2, closest_absent_layer2=absent2)
-        rotary = setup.first.positions.shape[0] == 1 and observation.model.adapter.first_input.positions is None
+        rotary = observation.model.adapter.first_input.positions is None
         search = _DecoderSearch if observation.model.adapter.is_decoder else _EncoderSearch
         finder = search(setup, tau2, candidates, rotary, observation.model.tokenizer, budget, expected)
         t2 = time.perf_counter()
@@ -449,7 +449,7 @@ class Dager:
             ran_out = True
         diag.update(seconds_layer2=time.perf_counter() - t2, explained_layer2=finder.explained(),
                     sentences_found=len(finder.found))
-        sequences = finder.best(expected)
+        sequences = finder.best()
         reasons = []
         if ran_out:
             reasons.append(f"the time budget ran out during the layer-2 search ({len(finder.found)} sentences verified)")
@@ -504,14 +504,21 @@ class _Search:
         self.rejected: list[tuple[list[int], float]] = []
         """Best unverified guesses (encoders), used only to fill up to B when verification falls short."""
 
-    def best(self, limit: int) -> list[list[int]]:
+    def best(self) -> list[list[int]]:
+        """At most ``limit`` distinct sentences: verified ones first, each group closest to the span first."""
         ranked = sorted(self.found, key=lambda item: item[1])
         ranked += sorted(self.rejected, key=lambda item: item[1])
         out: list[list[int]] = []
         for seq, _ in ranked:
             if seq not in out:
                 out.append(seq)
-        return out[:limit]
+        return out[: self.limit]
+
+    def _cap(self, res: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """No length has more distinct prefixes than examples: keep the ``limit`` closest to the span."""
+        if int(keep.sum()) > self.limit:
+            keep = keep & (res <= res[keep].kthvalue(self.limit).values)
+        return keep
 
 
 class _DecoderSearch(_Search):
@@ -522,18 +529,16 @@ class _DecoderSearch(_Search):
         first = self.candidates[0].to(device)
         if first.numel() == 0:
             return
-        cache = _cache_from_forward(setup.probe, first[:, None])
-        x, keys, values = cache
-        res = setup.span2.residual(x[:, 0])
-        keep = res < self.tau
-        if int(keep.sum()) > self.limit:
-            keep &= res <= res[keep].kthvalue(self.limit).values
+        cache = _cache()
+        res = setup.span2.residual(setup.probe.inputs(first[:, None], cache)[:, 0])
+        keys, values = cache.layers[0].keys, cache.layers[0].values
+        keep = self._cap(res, res < self.tau)
         prefixes = first[keep][:, None]
         worst = res[keep]
         keys, values = keys[keep], values[keep]
         for t in range(1, setup.max_len):
             self.budget.check()
-            cand = self.candidates[t].to(device) if t < len(self.candidates) else first[:0]
+            cand = self.candidates[t].to(device)
             if prefixes.shape[0] == 0:
                 break
             if cand.numel() == 0:
@@ -547,9 +552,7 @@ class _DecoderSearch(_Search):
                 # always passes: such repeats are unobservable and not grown.
                 uniform = (prefixes == prefixes[:, :1]).all(1)
                 ok &= ~(uniform[parent] & (token == prefixes[parent, 0]))
-            if int(ok.sum()) > self.limit:
-                # No more distinct prefixes of a length than examples: keep the closest to the span.
-                ok &= res <= res[ok].kthvalue(self.limit).values
+            ok = self._cap(res, ok)
             ended = torch.ones(prefixes.shape[0], dtype=torch.bool, device=device)
             ended[parent[ok]] = False
             self._finish(prefixes[ended], worst[ended])
@@ -585,19 +588,6 @@ class _DecoderSearch(_Search):
     def explained(self) -> int:
         """Distinct prefixes of the verified sentences: each is one distinct layer-2 input vector."""
         return len({tuple(seq[:t]) for seq, _ in self.found for t in range(1, len(seq) + 1)})
-
-
-def _cache_from_forward(probe: Layer2Probe, ids: torch.Tensor):
-    cache = _cache_empty()
-    x = probe.inputs(ids, cache)
-    layer = cache.layers[0]
-    return x, layer.keys, layer.values
-
-
-def _cache_empty() -> Any:
-    from transformers import DynamicCache
-
-    return DynamicCache()
 
 
 class _EncoderSearch(_Search):

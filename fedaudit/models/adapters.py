@@ -87,8 +87,6 @@ class AttentionInput:
 class FirstLayerInput:
     """The first query projection reads norm(E[token] + positions[i] + offset), nothing else."""
 
-    norm: str
-    """Module name of that norm."""
     norm_kind: Literal["layernorm", "rmsnorm"]
     norm_weight: str
     norm_bias: str | None
@@ -179,7 +177,6 @@ def _first_input(model: nn.Module, core: nn.Module, family: Family, first_block:
     if eps is None:
         eps = norm.variance_epsilon
     return FirstLayerInput(
-        norm=_module_name(model, norm),
         norm_kind="layernorm" if isinstance(norm, nn.LayerNorm) else "rmsnorm",
         norm_weight=_param_name(model, norm.weight),
         norm_bias=_param_name(model, bias) if bias is not None else None,
