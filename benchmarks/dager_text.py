@@ -2,9 +2,12 @@
 
     python benchmarks/dager_text.py [--quick] [--batches K] [--rows NAME ...]
 
-Writes benchmarks/results/dager_text.json and .md (rewritten after every row, so an interrupted
-run keeps what finished). Each row attacks K client updates computed exactly as a client does
-(`fedaudit attack dager` with the same scenario), on this machine's device. The paper's figure
+Writes benchmarks/results/dager_text.json and .md, rewritten after every row so an interrupted
+run keeps what finished; rows measured earlier on the same device are kept unless rerun. Each
+row attacks K client updates computed exactly as a client does (`fedaudit attack dager` with the
+same scenario), on this machine's device. All K updates share one global model, as the clients
+of one round do, so the first batch computes the layer-1 terms and the others reuse them: the
+median is the per-client cost within a round, "first" the cost of a round's first client. The paper's figure
 for the same cell is printed beside ours where the paper has one (Petrov et al., NeurIPS 2024,
 Tables 1-4). The layer-1 check's achieved FLOP/s is reported beside a plain matmul's.
 """
@@ -66,16 +69,15 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def layer1_gflops(diagnostics: list[dict], vocab: int) -> float | None:
-    """FLOPs of the layer-1 check's products (V x d x (r + 2p + ...)) over its measured seconds."""
-    rates = []
-    for d in diagnostics:
-        if "seconds_layer1" not in d:
-            continue
-        width, rank, positions = d["model_width"], d["rank_layer1"], d["positions_checked"]
-        flops = 2 * vocab * width * (rank + 2 * positions) + 2 * vocab * rank * positions
-        rates.append(flops / d["seconds_layer1"] / 1e9)
-    return sorted(rates)[len(rates) // 2] if rates else None
+def layer1_gflops(diagnostics: dict) -> float | None:
+    """Achieved GFLOP/s of a full layer-1 check (terms computed, not reused): its products are
+    V x d x 2p (centered token x position terms), V x d x r (projection on the span) and V x r x p."""
+    if diagnostics.get("layer1_terms_reused", True) or "seconds_layer1" not in diagnostics:
+        return None
+    d, r, p = diagnostics["model_width"], diagnostics["rank_layer1"], diagnostics["positions_checked"]
+    v = diagnostics["vocabulary"]
+    flops = 2 * v * d * (2 * p + r) + 2 * v * r * p
+    return flops / diagnostics["seconds_layer1"] / 1e9
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -83,20 +85,24 @@ def fmt(value, digits: int = 3) -> str:
 
 
 def write(results: dict, path: Path) -> None:
+    order = [name for name, *_ in rows()]
+    results["rows"].sort(key=lambda r: order.index(r["name"]))
     path.with_suffix(".json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     lines = [f"# DAGER text recovery ({results['device']})", "",
-             f"{results['batches']} batches per row, FedSGD unless named; budget {results['budget_s']} s per batch. "
+             "FedSGD unless named. Seconds per batch: median over the row's batches (clients of one round, "
+             "sharing the layer-1 terms) and the first batch (which computes them). "
              f"Plain matmul on this machine: {fmt(results['matmul_gflops_f32'], 1)} GFLOP/s float32, "
              f"{fmt(results['matmul_gflops_f64'], 1)} float64.", "",
-             "| model | data | B | R-1 | R-2 | exact match | token recall | s/batch (median) | peak MB | "
-             "layer-1 GFLOP/s | status | paper R-1 / R-2 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | data | B | batches | R-1 | R-2 | exact match | token recall | s/batch median | s first | "
+             "peak MB | layer-1 GFLOP/s (first) | budget s | status | paper R-1 / R-2 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         paper = r["paper"]
         paper_s = "-" if paper is None else f"{fmt(paper[0], 3)} / {fmt(paper[1], 3)}"
-        lines.append(f"| {r['family']} | {r['dataset']} | {r['B']} | {fmt(r.get('rouge1'))} | {fmt(r.get('rouge2'))} | "
-                     f"{fmt(r.get('exact_match'))} | {fmt(r.get('token_recall'))} | {fmt(r['seconds_median'], 2)} | "
-                     f"{fmt(r['peak_mem_mb'], 0)} | {fmt(r['layer1_gflops'], 1)} | {r['status_counts']} | {paper_s} |")
+        lines.append(f"| {r['family']} | {r['dataset']} | {r['B']} | {r['batches']} | {fmt(r.get('rouge1'))} | "
+                     f"{fmt(r.get('rouge2'))} | {fmt(r.get('exact_match'))} | {fmt(r.get('token_recall'))} | "
+                     f"{fmt(r['seconds_median'], 2)} | {fmt(r['seconds_first'], 2)} | {fmt(r['peak_mem_mb'], 0)} | "
+                     f"{fmt(r['layer1_gflops'], 1)} | {r['budget_s']:g} | {r['status_counts']} | {paper_s} |")
     path.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -108,9 +114,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dager_text")
     args = parser.parse_args()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    results = {"device": device, "batches": args.batches, "budget_s": args.budget,
-               "matmul_gflops_f32": matmul_gflops(torch.float32), "matmul_gflops_f64": matmul_gflops(torch.float64),
-               "rows": []}
+    results = {"device": device, "matmul_gflops_f32": matmul_gflops(torch.float32),
+               "matmul_gflops_f64": matmul_gflops(torch.float64), "rows": []}
+    earlier = args.out.with_suffix(".json")
+    if earlier.exists():
+        kept = json.loads(earlier.read_text(encoding="utf-8"))
+        if kept.get("device") == device:
+            results["rows"] = [r for r in kept["rows"] if not args.rows or r["name"] not in args.rows]
     for name, family, dataset, b, overrides, paper in rows():
         if args.rows and name not in args.rows:
             continue
@@ -120,10 +130,11 @@ def main() -> None:
         result = evaluate_attack("dager", sc, data, public, args.batches, seed=0, out=None)
         agg = result["aggregate"]
         row = {"name": name, "family": family, "dataset": dataset, "B": b, "paper": paper,
-               "layer1_gflops": layer1_gflops([r["diagnostics"] for r in result["batches"]], len(public.tokenizer)),
+               "batches": args.batches, "budget_s": args.budget, "seconds_first": result["batches"][0]["seconds"],
+               "layer1_gflops": layer1_gflops(result["batches"][0]["diagnostics"]),
                **{k: agg.get(k) for k in ("rouge1", "rouge2", "exact_match", "token_recall", "seconds_median",
                                           "peak_mem_mb", "status_counts")}}
-        results["rows"].append(row)
+        results["rows"] = [r for r in results["rows"] if r["name"] != name] + [row]
         print(f"{name}: R-1 {fmt(row['rouge1'])} R-2 {fmt(row['rouge2'])} EM {fmt(row['exact_match'])} "
               f"{fmt(row['seconds_median'], 2)} s {row['status_counts']} (paper {paper})", flush=True)
         write(results, args.out)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fedaudit.attacks import Budget
-from fedaudit.attacks.dager import Dager, layer1_residuals
+from fedaudit.attacks.dager import Dager, layer1_residuals, layer1_terms
 from fedaudit.audit.auditor import Auditor
 from fedaudit.audit.observation import Observation
 from fedaudit.audit.scoring import score
@@ -90,7 +90,7 @@ def test_adapter_inputs_equal_what_the_model_feeds_its_query_projections(cola_pa
     torch.testing.assert_close(formed, seen[0].to(formed), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(setup.probe.inputs(ids), seen[1])
     # and the Gram-form layer-1 check agrees with the residual of the explicit inputs
-    gram = layer1_residuals(setup.span1, setup.first, setup.device)
+    gram = layer1_residuals(setup.span1, layer1_terms(setup.first, setup.span1.input_map, setup.device, keep=False))
     direct = setup.span1.residual(formed[0])
     positions = torch.arange(ids.shape[1]) % gram.shape[1]
     torch.testing.assert_close(gram[ids[0], positions], direct, rtol=1e-3, atol=1e-6)

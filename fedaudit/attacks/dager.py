@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 F64 = torch.float64
 CHUNK_BYTES = 256 * 2**20
 """Working-set bound for one chunk of the layer-1 check or of a layer-2 extension batch."""
+KEEP_BYTES = 2 * 2**30
+"""Largest layer-1 term set kept between runs (GPT-2: about 0.4 GiB)."""
 
 
 # ---------------------------------------------------------------- the span check
@@ -102,7 +104,12 @@ def estimate_span(gradient: torch.Tensor, noise_floor: float, input_map: torch.T
     g = gradient.to(F64)
     if not torch.isfinite(g).all():
         raise ValueError(f"the gradient of {source or 'the query projection'} contains NaN or inf")
-    u, s, _ = torch.linalg.svd(g, full_matrices=False)
+    # LAPACK's tall path (QR first) is markedly faster than its wide one: factor whichever is tall.
+    if g.shape[0] >= g.shape[1]:
+        u, s, _ = torch.linalg.svd(g, full_matrices=False)
+    else:
+        _, s, vh = torch.linalg.svd(g.T, full_matrices=False)
+        u = vh.T
     if s.numel() == 0 or s[0] <= 0:
         raise ValueError(f"the gradient of {source or 'the query projection'} is zero")
     rel = (s / s[0]).clamp_min(torch.finfo(F64).eps * 1e-3)
@@ -175,7 +182,56 @@ class FirstInputs:
         return x + self.bias.to(z) if self.bias is not None else x
 
 
-def layer1_residuals(span: Span, inputs: FirstInputs, device: torch.device) -> torch.Tensor:
+@dataclass
+class Layer1Terms:
+    """The span-independent part of the layer-1 check (see ``layer1_residuals``).
+
+    It depends only on the global model's first layer (and LoRA's A), so every client of a round
+    shares it: ``Dager`` keeps the last one and reuses it while those weights are unchanged.
+    """
+
+    G: torch.Tensor
+    """(p, k) M(gamma * c(p_i)) per position."""
+    b: torch.Tensor
+    """(k,) M beta."""
+    chunks: Any
+    """Per chunk of tokens: F = M(gamma * c(e)) (rows, k), s (rows, p) and |x|^2 (rows, p); a
+    list when kept, else a one-pass generator (bounded memory for very large vocabularies)."""
+
+    @property
+    def bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for chunk in self.chunks for t in chunk)
+
+
+def layer1_terms(inputs: FirstInputs, input_map: torch.Tensor | None, device: torch.device,
+                 keep: bool) -> Layer1Terms:
+    """Per-token and per-position terms of the layer-1 residual, float64, in memory-bounded chunks."""
+    d = inputs.tokens.shape[1]
+    center = (lambda t: t - t.mean(-1, keepdim=True)) if inputs.centered else (lambda t: t)
+    gamma = inputs.weight.to(device, F64)
+    P = center(inputs.positions.to(device, F64))
+    G = P * gamma
+    b = inputs.bias.to(device, F64) if inputs.bias is not None else torch.zeros(d, dtype=F64, device=device)
+    M = None if input_map is None else input_map.to(device, F64)
+    if M is not None:
+        G, b = G @ M.T, b @ M.T
+    p2, G2, Gb, b2 = (P * P).sum(-1), (G * G).sum(-1), G @ b, float(b @ b)
+    rows = max(256, CHUNK_BYTES // (8 * (2 * d + 4 * P.shape[0])))
+
+    def chunk(start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        E = center(inputs.tokens[start:start + rows].to(device, F64))
+        F = E * gamma
+        if M is not None:
+            F = F @ M.T
+        s = (((E * E).sum(-1, keepdim=True) + 2 * E @ P.T + p2) / d + inputs.eps).sqrt()
+        xx = ((F * F).sum(-1, keepdim=True) + 2 * F @ G.T + G2) / s**2 + 2 * ((F @ b)[:, None] + Gb) / s + b2
+        return F, s, xx
+
+    chunks = (chunk(start) for start in range(0, inputs.tokens.shape[0], rows))
+    return Layer1Terms(G=G, b=b, chunks=list(chunks) if keep else chunks)
+
+
+def layer1_residuals(span: Span, terms: Layer1Terms) -> torch.Tensor:
     """Residual (eq. 5) of norm(tokens[v] + positions[i]) for every (v, i): (V, p), float64.
 
     With z = e + p, c(z) its centered form (or z itself for RMSNorm) and s(z)^2 = |c(z)|^2/d + eps,
@@ -187,34 +243,17 @@ def layer1_residuals(span: Span, inputs: FirstInputs, device: torch.device) -> t
         residual^2 = (|x|^2 - |U^T x|^2) / |x|^2
 
     and s^2 needs c(e).c(p): every term is a per-token or per-position quantity or one
-    (V x k) @ (k x p) product, so no (V x p x d) tensor is ever formed.
+    (V x k) @ (k x p) product, so no (V x p x d) tensor is ever formed. Everything but the terms
+    with U is the same for every client of a round (``Layer1Terms``); per client the check costs
+    one (V x k) @ (k x r) product and a few (V x p) elementwise passes.
     """
-    d = inputs.tokens.shape[1]
     U = span.basis
-    M = span.input_map
-    center = (lambda t: t - t.mean(-1, keepdim=True)) if inputs.centered else (lambda t: t)
-    gamma = inputs.weight.to(device, F64)
-    P = center(inputs.positions.to(device, F64))
-    G = P * gamma
-    b = inputs.bias.to(device, F64) if inputs.bias is not None else torch.zeros(d, dtype=F64, device=device)
-    if M is not None:
-        G, b = G @ M.T, b @ M.T
-    g, c = G @ U, b @ U
-    p2 = (P * P).sum(-1)
-    G2, g2, Gb, gc = (G * G).sum(-1), (g * g).sum(-1), G @ b, g @ c
-    b2, c2 = float(b @ b), float(c @ c)
-    rows = max(256, CHUNK_BYTES // (8 * (2 * d + U.shape[0] + 4 * P.shape[0])))
+    g, c = terms.G @ U, terms.b @ U
+    g2, gc, c2 = (g * g).sum(-1), g @ c, float(c @ c)
     out = []
-    for start in range(0, inputs.tokens.shape[0], rows):
-        E = center(inputs.tokens[start:start + rows].to(device, F64))
-        F = E * gamma
-        if M is not None:
-            F = F @ M.T
+    for F, s, xx in terms.chunks:
         f = F @ U
-        s2 = ((E * E).sum(-1, keepdim=True) + 2 * E @ P.T + p2) / d + inputs.eps
-        s = s2.sqrt()
-        xx = ((F * F).sum(-1, keepdim=True) + 2 * F @ G.T + G2) / s2 + 2 * ((F @ b)[:, None] + Gb) / s + b2
-        pp = ((f * f).sum(-1, keepdim=True) + 2 * f @ g.T + g2) / s2 + 2 * ((f @ c)[:, None] + gc) / s + c2
+        pp = ((f * f).sum(-1, keepdim=True) + 2 * f @ g.T + g2) / s**2 + 2 * ((f @ c)[:, None] + gc) / s + c2
         rel = ((xx - pp).clamp_min(0) / xx.clamp_min(torch.finfo(F64).tiny)).sqrt()
         out.append(torch.where(xx > 0, rel, 1.0))  # a zero input is never "present" (see Span.residual)
     return torch.cat(out)
@@ -280,6 +319,12 @@ class _Setup:
     device: torch.device
 
 
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and bool(torch.equal(a, b))
+    return a == b if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) else False
+
+
 def _resolve(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -293,6 +338,8 @@ class Dager:
 
     def __init__(self, device: str = "auto") -> None:
         self.device = _resolve(device)
+        self._kept: tuple[tuple, Layer1Terms] | None = None
+        """The last layer-1 terms with the weights they were computed from (shared within a round)."""
 
     # ------------------------------------------------------------ applicability
 
@@ -402,15 +449,16 @@ class Dager:
         started = time.perf_counter()
         try:
             setup = self._setup(observation)
-            return self._attack(observation, setup, budget, started)
+            return self._attack(observation, setup, budget, time.perf_counter() - started)
         finally:
             observation.model.model.to("cpu")
 
-    def _attack(self, observation: Observation, setup: _Setup, budget: Budget, started: float) -> Reconstruction:
+    def _attack(self, observation: Observation, setup: _Setup, budget: Budget, setup_seconds: float) -> Reconstruction:
         s1, s2 = setup.span1, setup.span2
         d = int(setup.first.tokens.shape[1])
         diag: dict[str, Any] = {}
-        diag.update(positions_checked=int(setup.first.positions.shape[0]), rank_layer1=s1.rank, rank_layer2=s2.rank, tokens_implied=s1.rank, model_width=d,
+        diag.update(vocabulary=setup.vocab, positions_checked=int(setup.first.positions.shape[0]),
+                    rank_layer1=s1.rank, rank_layer2=s2.rank, tokens_implied=s1.rank, model_width=d,
                     check_width=s1.width, span_source=s1.source, noise_layer1=s1.noise, noise_layer2=s2.noise,
                     device=str(self.device))
         expected = observation.protocol.num_examples
@@ -423,14 +471,19 @@ class Dager:
                 diagnostics=diag)
 
         # layer 1: candidates per position
-        residuals = layer1_residuals(s1, setup.first, setup.device)
+        t1 = time.perf_counter()
+        terms, reused = self._layer1_terms(setup)
+        t_terms = time.perf_counter()
+        residuals = layer1_residuals(s1, terms)
         present1, absent1 = split_at_gap(residuals, floor=s1.noise, rank=s1.rank)
         tau1 = math.sqrt(present1 * absent1)
         passing = residuals < tau1
         candidates = [torch.nonzero(passing[:, i]).flatten() for i in range(passing.shape[1])]
         tokens = set(torch.nonzero(passing.any(1)).flatten().tolist())
-        diag.update(threshold_layer1=tau1, closest_absent_layer1=absent1, farthest_present_layer1=present1, layer1_passing=int(passing.sum()),
-                    seconds_layer1=time.perf_counter() - started)
+        diag.update(threshold_layer1=tau1, closest_absent_layer1=absent1, farthest_present_layer1=present1,
+                    layer1_passing=int(passing.sum()),
+                    layer1_terms_reused=reused, seconds_setup=setup_seconds,
+                    seconds_layer1_terms=0.0 if reused else t_terms - t1, seconds_layer1=time.perf_counter() - t1)
         if not tokens:
             return Reconstruction("failed", "no vocabulary token passes the layer-1 span check", diagnostics=diag)
 
@@ -477,6 +530,20 @@ class Dager:
         else:
             reason = "; ".join(reasons) or "no sentence passed the layer-2 span check"
         return Reconstruction(status, reason, tokens=tokens, sequences=sequences, diagnostics=diag)
+
+    def _layer1_terms(self, setup: _Setup) -> tuple[Layer1Terms, bool]:
+        """The layer-1 terms for this model: reused when its first layer equals the last one's."""
+        first, input_map = setup.first, setup.span1.input_map
+        key = (first.tokens, first.positions, first.weight, first.bias, input_map, first.eps, first.centered)
+        kept = self._kept
+        if kept is not None and all(_same(a, b) for a, b in zip(kept[0], key)):
+            return kept[1], True
+        k = first.tokens.shape[1] if input_map is None else input_map.shape[0]
+        keep = first.tokens.shape[0] * (k + 2 * first.positions.shape[0]) * 8 <= KEEP_BYTES
+        terms = layer1_terms(first, input_map, setup.device, keep)
+        if keep:
+            self._kept = (key, terms)
+        return terms, False
 
     def _absent_layer2(self, setup: _Setup, samples: int = 64, length: int = 4) -> float:
         """Closest layer-2 residual of random token sequences (positions >= 1; absent w.h.p.)."""
