@@ -82,6 +82,10 @@ def test_text_metrics_match_one_to_one() -> None:
     assert twice["exact_match"] == 0.5 and twice["rouge1"] < 0.75
     half = text_metrics(["the cat sat on the mat"], refs)
     assert half == {"rouge1": 0.5, "rouge2": 0.5, "rougeL": 0.5, "exact_match": 0.5}
+    # a one-word reference has no bigram: ROUGE-2 averages over the others
+    short = text_metrics(["wonderful", "the cat sat on a mat"], ["wonderful", "the cat sat on the mat"])
+    assert short["exact_match"] == 0.5 and short["rouge2"] == pytest.approx(0.6)
+    assert text_metrics(["wonderful"], ["wonderful"])["rouge2"] == 1.0
     with pytest.raises(ValueError, match="at most one prediction per example"):
         match(["a", "b", "c"], refs)
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 import numpy as np
-from rouge_score import rouge_scorer
+from rouge_score import rouge_scorer, tokenizers
 from scipy.optimize import linear_sum_assignment
 
 
@@ -35,11 +35,23 @@ def match(predictions: Sequence[str], references: Sequence[str]) -> list[tuple[i
     return [(int(i), int(j), scores[i][j]) for i, j in zip(rows, cols)]
 
 
+def _has_bigram(text: str) -> bool:
+    return len(tokenizers.DefaultTokenizer(use_stemmer=False).tokenize(text)) >= 2
+
+
 def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F1 and exact-match rate over the references (unmatched ones score 0)."""
+    """Mean ROUGE-1/2/L F1 and exact-match rate over the references (unmatched ones score 0).
+
+    ROUGE-2 is undefined for a one-word reference (no bigrams; rouge-score reports 0 even for
+    a perfect prediction), so it is averaged over the references that have a bigram (1.0 when
+    none has).
+    """
     pairs = match(predictions, references)
     n = len(references)
-    out = {k: sum(s[k] for _, _, s in pairs) / n for k in ("rouge1", "rouge2", "rougeL")}
+    out = {k: sum(s[k] for _, _, s in pairs) / n for k in ("rouge1", "rougeL")}
+    bigrams = [j for j, ref in enumerate(references) if _has_bigram(ref)]
+    by_ref = {j: s["rouge2"] for _, j, s in pairs}
+    out["rouge2"] = sum(by_ref.get(j, 0.0) for j in bigrams) / len(bigrams) if bigrams else 1.0
     out["exact_match"] = sum(predictions[i].strip() == references[j].strip() for i, j, _ in pairs) / n
     return out
 
