@@ -4,8 +4,9 @@ Reply content:
 * ``arrays``: FedSGD, the batch gradient (the server applies the step); FedAvg, the new weights.
 * ``metrics``: ``num-examples`` (FedAvg's weighting key) and ``train-loss``.
 * ``client-info``: the partition id and the number of local steps taken.
-* ``audit`` (only with ``audit.ground_truth``, simulation): the exact token ids, attention masks
-  and labels of every example used. The server strips it before aggregating.
+* ``audit`` (only with ``audit.ground_truth``, simulation): the exact token ids and attention
+  masks (text) or float inputs (images, tables), and the labels, of every example used. The
+  server strips it before aggregating.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ from fedaudit.training import local_update
 
 
 @lru_cache(maxsize=2)
-def _client_model(scenario_toml: str, num_labels: int) -> ModelBundle:
+def _client_model(scenario_toml: str) -> ModelBundle:
     """One model per worker process, reused across rounds (weights are loaded every round)."""
-    return federation.build_global_model(scenario_from_toml(scenario_toml), num_labels)
+    scenario = scenario_from_toml(scenario_toml)
+    return federation.build_global_model(scenario, federation.federated_data(scenario).examples)
 
 
 def client_round(scenario: Scenario, msg: Message, partition_id: int, num_partitions: int) -> Message:
     data = federation.federated_data(scenario)
-    bundle = _client_model(scenario.to_toml(), data.examples.num_labels)
+    bundle = _client_model(scenario.to_toml())
     bundle.load_state(msg.content["arrays"].to_torch_state_dict())
     server_round = int(msg.content["config"]["server-round"])
 
@@ -46,9 +48,8 @@ def client_round(scenario: Scenario, msg: Message, partition_id: int, num_partit
         "client-info": ConfigRecord({"partition-id": partition_id, "local-steps": update.steps}),
     })
     if scenario.audit.ground_truth:
-        content["audit"] = ArrayRecord.from_torch_state_dict({
-            "input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "labels": batch.labels,
-        })
+        content["audit"] = ArrayRecord.from_torch_state_dict(
+            {k: v for k, v in batch.tensors().items() if v is not None})
     return Message(content, reply_to=msg)
 
 

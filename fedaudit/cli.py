@@ -52,7 +52,7 @@ def _prepare(scenario: Scenario):
     data = federation.federated_data(scenario)
     for client in range(scenario.federation.clients):
         federation.client_shard(data, scenario, client, scenario.federation.clients)
-    return data, federation.build_global_model(scenario, data.examples.num_labels)
+    return data, federation.build_global_model(scenario, data.examples)
 
 
 @app.command()
@@ -153,7 +153,7 @@ def evaluate_attack(name: str, sc: Scenario, data, public, batches: int, seed: i
     from fedaudit import federation
     from fedaudit.audit.auditor import Auditor
 
-    auditor = Auditor([name], sc.audit.budget_seconds, device=sc.audit.device)
+    auditor = Auditor([name], sc.audit.budget_seconds, device=sc.audit.device, options={name: sc.audit.options(name)})
     result: dict[str, Any] = {"attack": name, "scenario": sc.model_dump(exclude_none=True), "batches": [],
                               "aggregate": {}}
     for k, (observation, truth) in enumerate(federation.sampled_updates(sc, data, public, batches, seed)):

@@ -57,7 +57,10 @@ class ModelConfig(_Section):
 
 class DataConfig(_Section):
     source: str = "demo"
-    """"demo" | HF dataset name (e.g. "glue/cola", "rotten_tomatoes") | local .tsv/.csv/.jsonl/.txt."""
+    """Text: "demo" | HF dataset name (e.g. "glue/cola") | local .tsv/.csv/.jsonl/.txt.
+    Images: "digits" | "mnist" | "cifar10" | HF id | local .npz or idx file. Tables: a CSV file."""
+    modality: Literal["auto", "text", "image", "table"] = "auto"
+    """"auto": images for the image names, .npz and idx files, text otherwise (tables say "table")."""
     text_column: str = "sentence"
     label_column: str | None = "label"
     split: str = "train"
@@ -90,12 +93,24 @@ class TrainingConfig(_Section):
     max_seq_len: int = Field(default=64, ge=2)
 
 
+class SpearOptions(_Section):
+    layer: int = Field(default=0, ge=0)
+    """Which fully connected ReLU layer to attack: 0 = the first (its inputs are the model's
+    inputs), 1 = the next (its inputs are features), ..."""
+
+
 class AuditConfig(_Section):
     attacks: list[str] = Field(default_factory=lambda: ["embedding-rows", "labels"])
     ground_truth: bool = True
     budget_seconds: float = Field(default=120.0, gt=0.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where attacks compute: "auto" takes CUDA when present."""
+    spear: SpearOptions = Field(default_factory=SpearOptions)
+
+    def options(self, name: str) -> dict[str, Any]:
+        """The constructor options of attack ``name`` (its table in this section, if any)."""
+        table = getattr(self, name, None)
+        return table.model_dump() if isinstance(table, _Section) else {}
 
     @field_validator("attacks")
     @classmethod

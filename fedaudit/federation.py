@@ -16,7 +16,7 @@ import torch
 
 from fedaudit.audit.observation import GroundTruth, Observation, Protocol
 from fedaudit.config import Scenario, scenario_from_toml
-from fedaudit.data import TextExamples, holdout_split, load_text, partition
+from fedaudit.data import Examples, TextExamples, holdout_split, load_examples, partition
 from fedaudit.data.text import seeded_rng
 from fedaudit.models import ModelBundle, build_model
 from fedaudit.training.local import Batch, encode, local_update
@@ -27,7 +27,7 @@ MAX_EVAL_EXAMPLES = 256
 
 @dataclass(frozen=True)
 class FederatedData:
-    examples: TextExamples
+    examples: Examples
     train: np.ndarray
     holdout: np.ndarray
 
@@ -39,7 +39,7 @@ def federated_data(scenario: Scenario) -> FederatedData:
 @lru_cache(maxsize=4)
 def _federated_data(scenario_toml: str) -> FederatedData:
     scenario = scenario_from_toml(scenario_toml)
-    examples = load_text(scenario.data, scenario.federation.seed)
+    examples = load_examples(scenario.data, scenario.federation.seed)
     train, holdout = holdout_split(len(examples), scenario.data.holdout_fraction, scenario.federation.seed)
     return FederatedData(examples, train, holdout)
 
@@ -59,13 +59,20 @@ def round_examples(shard: np.ndarray, scenario: Scenario, server_round: int, par
     return shard[np.sort(rng.choice(len(shard), size, replace=False))]
 
 
-def build_global_model(scenario: Scenario, num_labels: int) -> ModelBundle:
+def build_global_model(scenario: Scenario, examples: Examples) -> ModelBundle:
     """The initial global model: the same weights for the same scenario seed."""
-    return build_model(scenario.model, num_labels=num_labels, seed=scenario.federation.seed)
+    shape = getattr(examples, "input_shape", None)
+    bundle = build_model(scenario.model, num_labels=examples.num_labels, seed=scenario.federation.seed,
+                         input_shape=shape)
+    bundle.table_schema = getattr(examples, "schema", None)  # the feature encoding is public, like the model
+    return bundle
 
 
-def encode_examples(bundle: ModelBundle, examples: TextExamples, scenario: Scenario) -> Batch:
-    return encode(bundle.tokenizer, examples.texts, examples.labels, scenario.training.max_seq_len)
+def encode_examples(bundle: ModelBundle, examples: Examples, scenario: Scenario) -> Batch:
+    """The examples as the model reads them: token ids (text) or float features (images, tables)."""
+    if isinstance(examples, TextExamples):
+        return encode(bundle.tokenizer, examples.texts, examples.labels, scenario.training.max_seq_len)
+    return Batch(torch.tensor(examples.labels, dtype=torch.long), features=torch.from_numpy(examples.inputs))
 
 
 def holdout_batch(bundle: ModelBundle, data: FederatedData, scenario: Scenario) -> Batch:
@@ -91,7 +98,7 @@ def observe(scenario: Scenario, server_round: int, client: str, bundle: ModelBun
 
 
 def ground_truth(batch: Batch) -> GroundTruth:
-    return GroundTruth(batch.input_ids.clone(), batch.attention_mask.clone(), batch.labels.clone())
+    return GroundTruth(**{k: None if v is None else v.clone() for k, v in batch.tensors().items()})
 
 
 def sample_batches(data: FederatedData, scenario: Scenario, count: int, seed: int) -> list[np.ndarray]:
@@ -107,7 +114,7 @@ def sampled_updates(scenario: Scenario, data: FederatedData, public: ModelBundle
                     seed: int) -> Iterator[tuple[Observation, GroundTruth]]:
     """``count`` client updates from the initial global model, one per sampled batch, each computed
     exactly as a client would, with the server's Observation and the batch's GroundTruth."""
-    client = build_global_model(scenario, data.examples.num_labels)
+    client = build_global_model(scenario, data.examples)
     initial = {k: v.clone() for k, v in public.trainable_state().items()}
     for k, index in enumerate(sample_batches(data, scenario, count, seed)):
         client.load_state(initial)

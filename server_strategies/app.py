@@ -29,9 +29,8 @@ def run_audited_federation(grid: Grid, scenario: Scenario, store: RunStore) -> N
         console.record(record)
 
     data = federation.federated_data(scenario)
-    num_labels = data.examples.num_labels
-    public_model = federation.build_global_model(scenario, num_labels)  # what attacks may run
-    evaluator = federation.build_global_model(scenario, num_labels)
+    public_model = federation.build_global_model(scenario, data.examples)  # what attacks may run
+    evaluator = federation.build_global_model(scenario, data.examples)
     holdout = federation.holdout_batch(evaluator, data, scenario)
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -45,7 +44,8 @@ def run_audited_federation(grid: Grid, scenario: Scenario, store: RunStore) -> N
     clients = scenario.federation.clients
     inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients,
                    min_available_nodes=clients)
-    auditor = Auditor(scenario.audit.attacks, scenario.audit.budget_seconds, sink=sink, device=scenario.audit.device)
+    auditor = Auditor(scenario.audit.attacks, scenario.audit.budget_seconds, sink=sink, device=scenario.audit.device,
+                      options={name: scenario.audit.options(name) for name in scenario.audit.attacks})
     strategy = AuditingStrategy(inner, auditor, scenario, public_model, sink=sink)
     t = scenario.training
     strategy.start(

@@ -77,7 +77,7 @@ class AuditingStrategy(Strategy):
         truth = None
         if "audit" in content.array_records:
             gt = content["audit"].to_torch_state_dict()
-            truth = GroundTruth(gt["input_ids"], gt["attention_mask"], gt["labels"])
+            truth = GroundTruth(**{k: gt[k] for k in ("labels", "input_ids", "attention_mask", "features") if k in gt})
         return self.auditor.audit(observation, truth)
 
     def _emit(self, record: dict[str, Any]) -> None:

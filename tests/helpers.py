@@ -14,5 +14,5 @@ def scenario(*overrides: str) -> Scenario:
 def client_updates(sc: Scenario, batches: int, seed: int = 0) -> list[tuple[Observation, GroundTruth]]:
     """``batches`` (Observation, GroundTruth) pairs from the scenario's data."""
     data = federation.federated_data(sc)
-    public = federation.build_global_model(sc, data.examples.num_labels)
+    public = federation.build_global_model(sc, data.examples)
     return list(federation.sampled_updates(sc, data, public, batches, seed))

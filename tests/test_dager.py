@@ -37,10 +37,10 @@ def _attack(observation: Observation):
     return attack.run(observation, Budget(120))
 
 
-def _assert_exact(rec, truth, tokenizer) -> None:
+def _assert_exact(rec, truth, bundle) -> None:
     assert rec.status == "exact", rec.reason
     assert sorted(rec.sequences) == sorted(truth.sequences())
-    metrics = score(rec, truth, tokenizer)
+    metrics = score(rec, truth, bundle)
     assert metrics["rouge1"] == 1.0 and metrics["exact_match"] == 1.0
     assert rec.diagnostics["explained_layer2"] >= rec.diagnostics["rank_layer2"]
 
@@ -48,7 +48,7 @@ def _assert_exact(rec, truth, tokenizer) -> None:
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
 def test_exact_recovery_of_a_real_cola_batch_per_family(cola_path, family) -> None:
     for observation, truth in _updates(cola_path, *TINY[family]):
-        _assert_exact(_attack(observation), truth, observation.model.tokenizer)
+        _assert_exact(_attack(observation), truth, observation.model)
 
 
 def test_exact_recovery_under_fedavg(cola_path) -> None:
@@ -58,7 +58,7 @@ def test_exact_recovery_under_fedavg(cola_path) -> None:
         assert observation.protocol.local_steps == 4
         rec = _attack(observation)
         # FedAvg is approximate (inputs drift between local steps): the target is R-1 >= 0.95.
-        assert score(rec, truth, observation.model.tokenizer)["rouge1"] >= 0.95, rec.reason
+        assert score(rec, truth, observation.model)["rouge1"] >= 0.95, rec.reason
         assert len(rec.sequences) <= observation.protocol.num_examples
         assert "FedAvg" in rec.reason
 
@@ -68,7 +68,7 @@ def test_exact_recovery_from_lora_factors_in_round_one(cola_path) -> None:
         assert all("lora" in name or "score" in name for name in observation.update)
         rec = _attack(observation)
         assert "lora_B" in rec.diagnostics["span_source"]  # B = 0 in round 1: lora_A's gradient is zero
-        _assert_exact(rec, truth, observation.model.tokenizer)
+        _assert_exact(rec, truth, observation.model)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])

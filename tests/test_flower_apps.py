@@ -35,20 +35,20 @@ def _train_message(weights: dict[str, torch.Tensor], server_round: int, node: in
 def _reference_gradient(sc, weights, partition_id: int, num_partitions: int, server_round: int):
     """Independent computation of the client's batch gradient with plain autograd."""
     data = federation.federated_data(sc)
-    bundle = federation.build_global_model(sc, data.examples.num_labels)
+    bundle = federation.build_global_model(sc, data.examples)
     bundle.load_state(weights)
     shard = federation.client_shard(data, sc, partition_id, num_partitions)
     index = federation.round_examples(shard, sc, server_round, partition_id)
     batch = federation.encode_examples(bundle, data.examples.subset(index), sc)
     names, params = zip(*[(n, p) for n, p in bundle.model.named_parameters() if p.requires_grad])
-    logits = bundle.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logits = bundle.logits(batch.inputs())
     grads = torch.autograd.grad(F.cross_entropy(logits, batch.labels), params, allow_unused=True)
     return {n: (g if g is not None else torch.zeros_like(p)) for n, g, p in zip(names, grads, params)}, batch
 
 
 def _strategy(sc, sink):
     data = federation.federated_data(sc)
-    public = federation.build_global_model(sc, data.examples.num_labels)
+    public = federation.build_global_model(sc, data.examples)
     inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2)
     return AuditingStrategy(inner, Auditor(sc.audit.attacks, 60, sink=sink.append), sc, public, sink=sink.append), public
 

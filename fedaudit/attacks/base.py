@@ -45,6 +45,8 @@ class Reconstruction:
     ``tokens``: token ids known to be in the batch (unordered, no counts).
     ``sequences``: ordered token sequences, at most one per example (at most B in all).
     ``labels``: the multiset of labels, one per recovered example.
+    ``inputs``: recovered examples as the model reads them (images N x C x H x W, table rows
+    N x F, or an inner layer's features), at most one per example.
     """
 
     status: Status
@@ -52,6 +54,7 @@ class Reconstruction:
     tokens: set[int] | None = None
     sequences: list[list[int]] | None = None
     labels: list[int] | None = None
+    inputs: Any = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
 

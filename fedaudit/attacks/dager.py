@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from fedaudit.attacks.base import Budget, BudgetExceeded, Reconstruction
+from fedaudit.attacks.spectral import left_singular, spectral_rank
 
 if TYPE_CHECKING:
     from fedaudit.audit.observation import Observation
@@ -104,26 +105,12 @@ def estimate_span(gradient: torch.Tensor, noise_floor: float, input_map: torch.T
     g = gradient.to(F64)
     if not torch.isfinite(g).all():
         raise ValueError(f"the gradient of {source or 'the query projection'} contains NaN or inf")
-    # LAPACK's tall path (QR first) is markedly faster than its wide one: factor whichever is tall.
-    if g.shape[0] >= g.shape[1]:
-        u, s, _ = torch.linalg.svd(g, full_matrices=False)
-    else:
-        _, s, vh = torch.linalg.svd(g.T, full_matrices=False)
-        u = vh.T
-    if s.numel() == 0 or s[0] <= 0:
+    u, s, _ = left_singular(g)
+    rank = spectral_rank(s, noise_floor)
+    if rank == 0:
         raise ValueError(f"the gradient of {source or 'the query projection'} is zero")
-    rel = (s / s[0]).clamp_min(torch.finfo(F64).eps * 1e-3)
+    rel = s / s[0]
     width = int(g.shape[0])
-    if s.numel() == width and float(rel[-1]) > math.sqrt(noise_floor):
-        rank = width
-    else:
-        gaps = rel[:-1].log() - rel[1:].log()
-        # A cut separates signal (above the rounding floor) from noise (below the geometric middle
-        # between that floor and 1); a dominant first direction (inputs that are nearly alike) is not one.
-        gaps[rel[:-1] <= noise_floor] = -math.inf
-        gaps[rel[1:] >= math.sqrt(noise_floor)] = -math.inf
-        # no signal/noise cut at all: every direction is signal
-        rank = int(gaps.argmax()) + 1 if bool(torch.isfinite(gaps).any()) else min(width, s.numel())
     noise = float(rel[rank] / rel[rank - 1]) if rank < s.numel() else 1.0
     return Span(basis=u[:, :rank].contiguous(), rank=rank, width=width, noise=noise,
                 input_map=input_map, source=source)

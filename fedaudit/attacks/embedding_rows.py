@@ -23,6 +23,8 @@ class EmbeddingRows:
 
     def applicable(self, observation: Observation) -> tuple[bool, str]:
         adapter = observation.model.adapter
+        if adapter.embedding is None:
+            return False, f"{observation.model.name} has no token embeddings (not a text model)"
         if adapter.embedding not in observation.update:
             return False, f"the token embeddings ({adapter.embedding}) are frozen: the update has no rows to read"
         if adapter.tied_embeddings:

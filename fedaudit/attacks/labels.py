@@ -30,14 +30,13 @@ if TYPE_CHECKING:
     from fedaudit.audit.observation import Observation
 
 
-def dummy_mean_softmax(observation: Observation, samples: int = 16, length: int = 16) -> torch.Tensor:
-    """The global model's mean softmax over random token sequences (seeded): a data-free estimate
-    of mean_i p_ic in eq. (1)."""
-    model = observation.global_model()
-    vocab = int(model.get_input_embeddings().weight.shape[0])
-    ids = torch.randint(vocab, (samples, length), generator=torch.Generator().manual_seed(0))
+def dummy_mean_softmax(observation: Observation, samples: int = 16) -> torch.Tensor:
+    """The global model's mean softmax over random inputs (token sequences or uniform features,
+    seeded): a data-free estimate of mean_i p_ic in eq. (1)."""
+    observation.global_model()
+    inputs = observation.model.random_inputs(samples, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        logits = observation.model.logits(inputs)
     return torch.softmax(logits.double(), dim=-1).mean(0)
 
 

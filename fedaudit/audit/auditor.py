@@ -83,8 +83,9 @@ class Auditor:
     """Runs the configured attacks on every observation and hands each record to ``sink``."""
 
     def __init__(self, attacks: list[str], budget_seconds: float,
-                 sink: Callable[[dict[str, Any]], None] | None = None, device: str = "auto") -> None:
-        self.attacks = [make_attack(name, device) for name in attacks]
+                 sink: Callable[[dict[str, Any]], None] | None = None, device: str = "auto",
+                 options: dict[str, dict[str, Any]] | None = None) -> None:
+        self.attacks = [make_attack(name, device, (options or {}).get(name)) for name in attacks]
         self.budget_seconds = budget_seconds
         self.sink = sink
 
@@ -121,11 +122,10 @@ class Auditor:
             record.update(status="error", reason=f"returned {type(value).__name__}, not a Reconstruction")
             return record
         record.update(status=value.status, reason=value.reason, diagnostics=value.diagnostics)
-        tokenizer = observation.model.tokenizer
-        record["reconstruction"] = preview(value, tokenizer)
+        record["reconstruction"] = preview(value, observation.model)
         if truth is not None:
             try:
-                record["metrics"] = score(value, truth, tokenizer)
+                record["metrics"] = score(value, truth, observation.model)
             except ValueError as err:  # e.g. more predictions than examples
                 record.update(status="error", reason=f"unscorable reconstruction: {err}", metrics={})
         return record

@@ -80,16 +80,20 @@ class Observation:
 
 @dataclass(frozen=True)
 class GroundTruth:
-    """The examples a client really used this round (simulation only; never given to attacks)."""
+    """The examples a client really used this round (simulation only; never given to attacks):
+    token ids with their mask (text) or the float inputs (images, table rows), and the labels."""
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
     labels: torch.Tensor
+    input_ids: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    features: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
-        return int(self.input_ids.shape[0])
+        return int(self.labels.shape[0])
 
     def sequences(self) -> list[list[int]]:
-        """Token ids of every example, padding removed."""
+        """Token ids of every example, padding removed (empty for non-text data)."""
+        if self.input_ids is None:
+            return []
         return [ids[mask.bool()].tolist() for ids, mask in zip(self.input_ids, self.attention_mask)]

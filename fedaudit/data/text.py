@@ -75,10 +75,15 @@ def load_text(cfg: DataConfig, seed: int) -> TextExamples:
         examples = _load_local(cfg)
     else:
         examples = _load_hub(cfg)
-    if cfg.max_examples is not None and cfg.max_examples < len(examples):
+    return limit(examples, cfg.max_examples, seed)
+
+
+def limit(examples: Any, max_examples: int | None, seed: int) -> Any:
+    """At most ``max_examples`` of ``examples`` (seeded), in the source's order."""
+    if max_examples is not None and max_examples < len(examples):
         # Sorted so the subset keeps the source's order (and is the same for the same seed).
         rng = seeded_rng(seed, "max_examples")
-        examples = examples.subset(np.sort(rng.choice(len(examples), cfg.max_examples, replace=False)))
+        examples = examples.subset(np.sort(rng.choice(len(examples), max_examples, replace=False)))
     return examples
 
 
@@ -107,7 +112,7 @@ def _build(texts: Sequence[Any], raw_labels: Sequence[Any] | None, where: str,
     values = [raw_labels[i] for i in keep]
     if label_names is not None:  # a hub ClassLabel: values are already indices into its names
         return TextExamples(texts=clean, labels=[int(v) for v in values], label_names=list(label_names))
-    labels, names = _map_labels(values, where)
+    labels, names = map_labels(values, where)
     return TextExamples(texts=clean, labels=labels, label_names=names)
 
 
@@ -125,7 +130,7 @@ def _as_index(value: Any) -> int | None:
     return None
 
 
-def _map_labels(values: Sequence[Any], where: str) -> tuple[list[int], list[str]]:
+def map_labels(values: Sequence[Any], where: str) -> tuple[list[int], list[str]]:
     for row, value in enumerate(values):
         if value is None or (isinstance(value, str) and not value.strip()):
             raise DataError(f"data.label_column: example {row} of {where} has no label")

@@ -14,7 +14,7 @@ from typing import Literal
 from torch import nn
 from transformers import PreTrainedModel
 
-Family = Literal["gpt2", "llama", "bert"]
+Family = Literal["gpt2", "llama", "bert", "mlp", "cnn"]
 
 #: Hugging Face ``config.model_type`` -> the family whose layout it shares.
 MODEL_TYPES: dict[str, Family] = {
@@ -98,29 +98,44 @@ class FirstLayerInput:
 
 
 @dataclass(frozen=True)
+class DenseLayer:
+    """A fully connected layer z = W x + b (W stored out x in), as SPEAR sees it."""
+
+    module: str
+    weight: str
+    bias: str | None
+    relu_after: bool
+    """A ReLU follows, so dL/dz is zero wherever z <= 0 (SPEAR's sparsity)."""
+    reads_input: bool
+    """x is the model input itself (flattened); otherwise x is a feature vector of an earlier layer."""
+
+
+@dataclass(frozen=True)
 class Adapter:
     """What an attack may know about a model's layout (all public architecture knowledge)."""
 
     family: Family
     task: Literal["classification", "causal-lm"]
-    embedding: str
-    """Parameter name of the token-embedding matrix (vocab x d)."""
-    tied_embeddings: bool
-    """True when the output layer reuses the embedding matrix (its gradient then touches every row)."""
     head_weight: str
     head_bias: str | None
-    positions: Literal["absolute", "rotary"]
     signed_head_features: bool
     """The head's input can be negative (LayerNorm/RMSNorm/tanh outputs), so the sign trick of
     iDLG (which assumes non-negative ReLU features) does not decide a label on its own."""
+    embedding: str | None = None
+    """Parameter name of the token-embedding matrix (vocab x d); None for image and table models."""
+    tied_embeddings: bool = False
+    """True when the output layer reuses the embedding matrix (its gradient then touches every row)."""
+    positions: Literal["absolute", "rotary", "none"] = "none"
     num_layers: int = 0
     first_input: FirstLayerInput | None = None
     attention_inputs: tuple[AttentionInput, ...] = ()
     """The first two attention layers' inputs."""
+    dense_layers: tuple[DenseLayer, ...] = ()
+    """The fully connected layers before the head, in forward order (image and table models)."""
 
     @property
     def is_decoder(self) -> bool:
-        return self.family != "bert"
+        return self.family in ("gpt2", "llama")
 
 
 def _head(model: PreTrainedModel, family: Family, task: str) -> nn.Linear:
@@ -210,3 +225,22 @@ def adapter_for(model: PreTrainedModel, task: Literal["classification", "causal-
         first_input=_first_input(model, core, family, blocks[0]),
         attention_inputs=tuple(_attention_input(model, family, r) for r in readers[:2]),
     )
+
+
+def dense_adapter(model: nn.Module, family: Family) -> Adapter:
+    """Roles in fedaudit's own MLP and ConvNet (``fedaudit.models.dense``): every Linear of the
+    body with what follows it, and the head (whose input is a ReLU or sigmoid output, >= 0)."""
+    modules = list(model.body)
+    layers = []
+    for i, module in enumerate(modules):
+        if isinstance(module, nn.Linear):
+            follows = modules[i + 1] if i + 1 < len(modules) else None
+            layers.append(DenseLayer(
+                module=_module_name(model, module), weight=_param_name(model, module.weight),
+                bias=_param_name(model, module.bias) if module.bias is not None else None,
+                relu_after=isinstance(follows, nn.ReLU), reads_input=family == "mlp" and not layers))
+    head = model.head
+    return Adapter(family=family, task="classification", head_weight=_param_name(model, head.weight),
+                   head_bias=_param_name(model, head.bias) if head.bias is not None else None,
+                   # an MLP without hidden layers feeds the raw (possibly signed) input to the head
+                   signed_head_features=not layers and family == "mlp", dense_layers=tuple(layers))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -31,25 +32,49 @@ from transformers import (
 )
 
 from fedaudit.config import ConfigError, ModelConfig
-from fedaudit.models.adapters import Adapter, adapter_for
+from fedaudit.models.adapters import Adapter, adapter_for, dense_adapter
 
 NO_DROPOUT = {"gpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout"),
               "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
               "llama": ("attention_dropout",)}
 
-ZOO_NAMES = ("gpt2-random", "gpt2", "llama-random", "bert-random", "minilm-l6", "smollm2-135m")
+ZOO_NAMES = ("gpt2-random", "gpt2", "llama-random", "bert-random", "minilm-l6", "smollm2-135m", "mlp", "cnn")
+DENSE_NAMES = ("mlp", "cnn")
 
 
 @dataclass
 class ModelBundle:
-    """A model with its tokenizer and adapter; ``name``/``task``/``dtype`` echo the scenario."""
+    """A model with its tokenizer (text) or input shape (images, tables) and its adapter;
+    ``name``/``task``/``dtype`` echo the scenario."""
 
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase | None
     adapter: Adapter
     name: str
     task: str
     dtype: torch.dtype
+    input_shape: tuple[int, ...] | None = None
+    """One example's float input (C x H x W or F); None for text models."""
+    table_schema: Any = None
+    """How table rows are encoded (``fedaudit.data.arrays.TableSchema``): public, like the model."""
+
+    @property
+    def is_text(self) -> bool:
+        return self.tokenizer is not None
+
+    def logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's logits for ``input_ids`` with ``attention_mask`` (text) or ``features``."""
+        if "features" in inputs:
+            return self.model(inputs["features"].to(self.dtype))
+        return self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+
+    def random_inputs(self, samples: int, generator: torch.Generator, length: int = 16) -> dict[str, torch.Tensor]:
+        """Data-free probe inputs (seeded): random token ids, or uniform features in [0, 1]."""
+        if self.input_shape is not None:
+            return {"features": torch.rand(samples, *self.input_shape, generator=generator, dtype=self.dtype)}
+        vocab = int(self.model.get_input_embeddings().weight.shape[0])
+        ids = torch.randint(vocab, (samples, length), generator=generator)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The parameters that train and travel, by name (tied weights appear once)."""
@@ -175,11 +200,22 @@ def _finish_config(config: PretrainedConfig, tok: PreTrainedTokenizerBase, cfg: 
         config.problem_type = "single_label_classification"
 
 
-def build_model(cfg: ModelConfig, num_labels: int = 2, seed: int = 0) -> ModelBundle:
-    """Build the scenario's model; random-init weights depend only on ``seed``."""
+def build_model(cfg: ModelConfig, num_labels: int = 2, seed: int = 0,
+                input_shape: tuple[int, ...] | None = None) -> ModelBundle:
+    """Build the scenario's model; random-init weights depend only on ``seed``.
+
+    ``input_shape`` is one example's shape for image and table data (None for text).
+    """
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     num_labels = max(2, num_labels)
     name = cfg.name
+    if (name in DENSE_NAMES) != (input_shape is not None):
+        if input_shape is None:
+            raise ConfigError(f"model.name = {name!r} takes image or table data; data.source is text")
+        raise ConfigError(f"model.name = {name!r} is a text model; image and table data need one of: "
+                          f"{', '.join(DENSE_NAMES)}")
+    if name in DENSE_NAMES:
+        return _build_dense(cfg, num_labels, seed, input_shape, dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if name in ("gpt2-random", "llama-random", "bert-random"):
@@ -212,6 +248,24 @@ def build_model(cfg: ModelConfig, num_labels: int = 2, seed: int = 0) -> ModelBu
     except ValueError as err:
         raise ConfigError(f"model.name = {name!r}: {err}") from None
     return ModelBundle(model=model, tokenizer=tok, adapter=adapter, name=name, task=cfg.task, dtype=dtype)
+
+
+def _build_dense(cfg: ModelConfig, num_labels: int, seed: int, input_shape: tuple[int, ...],
+                 dtype: torch.dtype) -> ModelBundle:
+    from fedaudit.models.dense import build_dense
+
+    if cfg.task != "classification":
+        raise ConfigError(f"model.task = {cfg.task!r}: {cfg.name} is a classifier; allowed: classification")
+    if cfg.lora is not None:
+        raise ConfigError(f"model.lora: LoRA applies to transformers, not to {cfg.name}")
+    if cfg.tokenizer is not None:
+        raise ConfigError(f"model.tokenizer: {cfg.name} reads images or table rows, not text")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_dense(cfg.name, dict(cfg.config), tuple(input_shape), num_labels).to(dtype)
+    model.train()
+    return ModelBundle(model=model, tokenizer=None, adapter=dense_adapter(model, cfg.name), name=cfg.name,
+                       task=cfg.task, dtype=dtype, input_shape=tuple(input_shape))
 
 
 LORA_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"], "bert": ["query", "value"]}

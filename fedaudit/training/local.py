@@ -24,25 +24,37 @@ from fedaudit.models import ModelBundle
 
 @dataclass(frozen=True)
 class Batch:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    """A client's examples as the model reads them: token ids with their mask (text) or float
+    features (images N x C x H x W, table rows N x F)."""
+
     labels: torch.Tensor
+    input_ids: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    features: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return int(self.input_ids.shape[0])
+        return int(self.labels.shape[0])
 
     def select(self, index: torch.Tensor) -> Batch:
-        return Batch(self.input_ids[index], self.attention_mask[index], self.labels[index])
+        return Batch(**{k: None if v is None else v[index] for k, v in self.tensors().items()})
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """What the model reads (``ModelBundle.logits``)."""
+        return {k: v for k, v in self.tensors().items() if v is not None and k != "labels"}
+
+    def tensors(self) -> dict[str, torch.Tensor | None]:
+        return {"labels": self.labels, "input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "features": self.features}
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], labels: list[int], max_seq_len: int) -> Batch:
     enc = tokenizer(list(texts), padding="longest", truncation=True, max_length=max_seq_len, return_tensors="pt")
-    return Batch(enc["input_ids"], enc["attention_mask"], torch.tensor(labels, dtype=torch.long))
+    return Batch(torch.tensor(labels, dtype=torch.long), enc["input_ids"], enc["attention_mask"])
 
 
 def loss_fn(bundle: ModelBundle, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy, computed in the model's dtype (the built-in causal-LM loss is float32)."""
-    logits = bundle.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logits = bundle.logits(batch.inputs())
     if bundle.task == "classification":
         return F.cross_entropy(logits, batch.labels)
     targets = batch.input_ids[:, 1:].masked_fill(batch.attention_mask[:, 1:] == 0, -100)
@@ -109,7 +121,7 @@ def evaluate(bundle: ModelBundle, batch: Batch, chunk: int = 32) -> dict[str, fl
     total_loss, correct, count = 0.0, 0, 0
     for index in torch.arange(len(batch)).split(chunk):
         part = batch.select(index)
-        logits = bundle.model(input_ids=part.input_ids, attention_mask=part.attention_mask).logits
+        logits = bundle.logits(part.inputs())
         if bundle.task == "classification":
             total_loss += float(F.cross_entropy(logits, part.labels, reduction="sum"))
             correct += int((logits.argmax(-1) == part.labels).sum())

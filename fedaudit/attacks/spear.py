@@ -1,0 +1,371 @@
+"""SPEAR: exact recovery of a whole batch from the gradient of a fully connected ReLU layer.
+
+Dimitrov, Müller, Petrov, Vechev, "SPEAR: Exact Gradient Inversion of Batches in Federated
+Learning", NeurIPS 2024. Section numbers below refer to that paper.
+
+For a layer z = W x + b followed by ReLU and a batch of B inputs (rows of X, B x n), the mean
+loss gives G = dL/dW = D X with D = (dL/dZ)^T (m x B), and g = dL/db = D 1. Then:
+
+* rank G = B while B <= min(m, n) (Sec. 3): the batch size is the spectral rank of G.
+* With G = L R (thin SVD, L: m x B), D = L Q and X = Q^{-1} R for one unknown invertible Q
+  (Theorem 3.2).
+* ReLU zeroes dL/dz wherever z <= 0, so each column of D is sparse (about half its entries).
+  If B - 1 rows of L, L_A, are all zero rows of column j of D, then L_A q_j = 0: q_j spans
+  the kernel of L_A (Sec. 4.1). Random row subsets are sampled in batches; a kernel vector is
+  kept when L q has far more zeros than the B - 1 it was built to have (the sparsity filter).
+* The B sparsest independent directions are picked greedily (Sec. 4.2), their scale comes from
+  the bias gradient, L Q_hat s = g (Sec. 4.3), and X = Q^{-1} R.
+
+Success needs all B - 1 sampled rows inside one column's zero set, probability about
+rho^(B-1) per column for zero fraction rho: the cost is exponential in B (about 2^B samples at
+rho = 1/2). Before sampling, the expected cost goes into the diagnostics; with a budget, a
+``partial`` result says how many of the B directions were found.
+
+What the auditor checks before saying ``exact``: every recovered input, pushed through the
+layer's known weights, must switch off exactly the neurons whose gradient column is zero
+(a forward-pass consistency check the gradient alone does not force), and B must equal the
+number of examples the client reports.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from scipy.stats import poisson
+
+from fedaudit.attacks.base import Budget, BudgetExceeded, Reconstruction
+from fedaudit.attacks.spectral import left_singular, spectral_rank
+
+if TYPE_CHECKING:
+    from fedaudit.audit.observation import Observation
+    from fedaudit.models.adapters import DenseLayer
+
+F64 = torch.float64
+CHUNK_BYTES = 64 * 2**20
+"""Working-set bound of one batch of sampled row subsets."""
+PROBE_ROWS = 64
+"""Rows a sampled direction is first tested on (cheap pre-filter before the full check)."""
+FALSE_ACCEPT = 1e-12
+"""Allowed chance, per sampled direction, that a wrong one passes the sparsity filter."""
+
+
+@dataclass
+class Factors:
+    """G = L R restricted to the rows that are not zero for the whole batch (Theorem 3.2)."""
+
+    L: torch.Tensor
+    """(m_active, B) float64."""
+    R: torch.Tensor
+    """(B, n) float64."""
+    rows: torch.Tensor
+    """Indices of the active rows in the layer."""
+    floor: float
+    """Relative rounding level of the gradient."""
+
+    @property
+    def batch(self) -> int:
+        return int(self.L.shape[1])
+
+    def zeros(self, v: torch.Tensor) -> torch.Tensor:
+        """Entries of columns ``v`` (m_active x k) at the rounding level: |v| <= sqrt(floor) * max|v|."""
+        return v.abs() <= math.sqrt(self.floor) * v.abs().amax(0, keepdim=True)
+
+
+def factor(gradient: torch.Tensor, floor: float) -> Factors:
+    """Active rows, batch size (spectral rank) and the factors L, R of the weight gradient."""
+    g = gradient.to(F64)
+    norms = g.norm(dim=1)
+    rows = torch.nonzero(norms > floor * norms.max()).flatten()
+    u, s, vt = left_singular(g[rows])
+    b = spectral_rank(s, floor)
+    return Factors(L=u[:, :b].contiguous(), R=(s[:b, None] * vt[:b]).contiguous(), rows=rows, floor=floor)
+
+
+def expected_samples(active: int, batch: int, rho: float) -> float:
+    """Coupon-collector estimate of the subsets to sample until every column is hit: H_B / pi with
+    pi = C(rho m, B-1) / C(m, B-1), the chance that one subset lies in a given column's zero set."""
+    if batch <= 1:
+        return 1.0
+    zero = max(batch - 1, int(rho * active))
+    log_pi = (math.lgamma(zero + 1) - math.lgamma(zero - batch + 2)
+              - math.lgamma(active + 1) + math.lgamma(active - batch + 2))
+    harmonic = sum(1.0 / k for k in range(1, batch + 1))
+    return harmonic * math.exp(-log_pi)
+
+
+class DirectionSampler:
+    """Kernel vectors of random (B-1)-row subsets of L that pass the sparsity filter (Sec. 4.1)."""
+
+    def __init__(self, factors: Factors, generator: torch.Generator, device: torch.device) -> None:
+        self.f, self.gen, self.device = factors, generator, device
+        m, b = factors.L.shape
+        self.L32 = factors.L.to(device, torch.float32)
+        self.L = factors.L.to(device)
+        self.probe = torch.randperm(m, generator=generator)[: min(PROBE_ROWS, m)].to(device)
+        self.largest = max(256, CHUNK_BYTES // (4 * b * b))
+        self.chunk = min(1024, self.largest)
+        """Grows while draws come back empty: small batches find directions in the first few hundred."""
+        self.min_extra = self._calibrate()
+        self.samples = 0
+
+    def _calibrate(self, directions: int = 256) -> int:
+        """Extra zeros a true direction must show: random directions (wrong with probability 1)
+        give the chance rate of rounding-level entries; allow FALSE_ACCEPT per sample."""
+        m, b = self.f.L.shape
+        q = torch.randn(b, directions, generator=self.gen, dtype=F64).to(self.device)
+        rate = float(self.f.zeros(self.L @ q).double().mean())
+        free = m - (b - 1)
+        lam = max(rate * free, 1.0 / directions)
+        return int(poisson.isf(FALSE_ACCEPT, lam)) + 1
+
+    def _subsets(self, n: int) -> torch.Tensor:
+        """n subsets of B-1 distinct rows: sorted draws plus 0, 1, ..., B-2 are strictly increasing."""
+        m, b = self.f.L.shape
+        draws = torch.randint(m - b + 2, (n, b - 1), generator=self.gen).sort(dim=1).values
+        return (draws + torch.arange(b - 1)).to(self.device)
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch of samples: (accepted unit directions B x k, their zero counts k)."""
+        m, b = self.f.L.shape
+        subsets = self._subsets(self.chunk)
+        self.samples += self.chunk
+        # Kernel of L_A as q = [y; 1] with L_A[:, :-1] y = -L_A[:, -1] (float32 first: it only pre-selects).
+        a = self.L32[subsets]
+        y, info = torch.linalg.solve_ex(a[:, :, :-1], -a[:, :, -1:])
+        q = torch.cat([y, torch.ones_like(y[:, :1])], dim=1).squeeze(-1)
+        ok = (info == 0) & torch.isfinite(q).all(1)
+        probe = (self.L32[self.probe] @ q.T).abs()
+        ok &= (probe <= 1e-3 * probe.amax(0).clamp_min(1e-30)).sum(0) >= max(2, len(self.probe) // 8)
+        if not bool(ok.any()):
+            self.chunk = min(2 * self.chunk, self.largest)
+            return torch.empty(b, 0, dtype=F64, device=self.device), torch.empty(0, device=self.device)
+        # Float64 kernel and the full sparsity filter for the few that got through.
+        a64 = self.L[subsets[ok]]
+        y, info = torch.linalg.solve_ex(a64[:, :, :-1], -a64[:, :, -1:])
+        q = torch.cat([y, torch.ones_like(y[:, :1])], dim=1).squeeze(-1).T
+        q = q / q.norm(dim=0, keepdim=True)
+        counts = self.f.zeros(self.L @ q).sum(0)
+        # (rows of L can be parallel, e.g. neurons active for one example only: singular subsets)
+        keep = (counts >= (b - 1) + self.min_extra) & (info == 0) & torch.isfinite(q).all(0)
+        return q[:, keep], counts[keep]
+
+
+def refine(factors: Factors, q: torch.Tensor) -> torch.Tensor:
+    """The direction re-fitted to its whole zero set: the smallest right singular vector of L_Z."""
+    zero = factors.zeros(factors.L @ q[:, None]).flatten()
+    _, _, vt = torch.linalg.svd(factors.L[zero], full_matrices=False)
+    out = vt[-1]
+    return out * torch.sign(out @ q)
+
+
+def _new_directions(q: torch.Tensor, known: list[torch.Tensor], tol: float = 1e-6) -> list[int]:
+    """Columns of ``q`` (unit vectors) pointing along no known direction nor an earlier column."""
+    fresh = torch.ones(q.shape[1], dtype=torch.bool, device=q.device)
+    if known:
+        fresh &= ((torch.stack(known, 1).T @ q).abs() < 1 - tol).all(0)
+    out = []
+    while bool(fresh.any()):
+        j = int(torch.nonzero(fresh)[0])
+        out.append(j)
+        fresh &= (q[:, j] @ q).abs() < 1 - tol
+    return out
+
+
+def select(directions: list[torch.Tensor], counts: list[int], batch: int, floor: float) -> list[int]:
+    """Greedy (Sec. 4.2): sparsest first, each kept only if it stays independent of those kept."""
+    chosen: list[int] = []
+    for i in sorted(range(len(directions)), key=lambda k: -counts[k]):
+        trial = torch.stack([directions[k] for k in [*chosen, i]], dim=1)
+        s = torch.linalg.svdvals(trial)
+        if float(s[-1] / s[0]) > math.sqrt(floor):
+            chosen.append(i)
+        if len(chosen) == batch:
+            break
+    return chosen
+
+
+class Spear:
+    """SPEAR on one fully connected layer followed by ReLU (``audit.spear.layer``: its index
+    among such layers, 0 = the first, whose inputs are the model's inputs)."""
+
+    name = "spear"
+
+    def __init__(self, device: str = "auto", layer: int = 0, seed: int = 0) -> None:
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))
+        self.layer, self.seed = layer, seed
+
+    def _layer(self, observation: Observation) -> DenseLayer | None:
+        relu = [d for d in observation.model.adapter.dense_layers if d.relu_after]
+        return relu[self.layer] if self.layer < len(relu) else None
+
+    def applicable(self, observation: Observation) -> tuple[bool, str]:
+        relu = [d for d in observation.model.adapter.dense_layers if d.relu_after]
+        if not relu:
+            return False, ("SPEAR needs a fully connected layer followed by ReLU (the sparsity of its gradient); "
+                           f"{observation.model.name} has none")
+        if self.layer >= len(relu):
+            return False, f"audit.spear.layer = {self.layer}, but the model has {len(relu)} ReLU fully connected layers"
+        layer = relu[self.layer]
+        if layer.weight not in observation.update:
+            return False, f"the layer {layer.module} is frozen: the update has no gradient for it"
+        if layer.bias is None:
+            return False, f"the layer {layer.module} has no bias: the scale of each input cannot be fixed"
+        return True, ""
+
+    def run(self, observation: Observation, budget: Budget) -> Reconstruction:
+        layer = self._layer(observation)
+        grad_w = observation.gradient(layer.weight).to(self.device, F64)
+        grad_b = observation.gradient(layer.bias).to(self.device, F64)
+        if not (torch.isfinite(grad_w).all() and torch.isfinite(grad_b).all()):
+            raise ValueError(f"the gradient of {layer.module} contains NaN or inf")
+        floor = float(torch.finfo(observation.model.dtype).eps)
+        f = factor(grad_w, floor)
+        m, n = grad_w.shape
+        b, expected = f.batch, observation.protocol.num_examples
+        diag: dict[str, Any] = {"layer": layer.module, "width": m, "input_dim": n, "active_rows": len(f.rows),
+                                "batch_from_rank": b, "examples_reported": expected, "device": str(self.device),
+                                "expected_samples_at_half_sparsity": expected_samples(len(f.rows), b, 0.5)}
+        if b == 0:
+            return Reconstruction("failed", f"the gradient of {layer.module} is zero", diagnostics=diag)
+        if b >= min(len(f.rows), n):
+            return Reconstruction("partial", (
+                f"batch size not identifiable: the gradient of {layer.module} has full rank {b} (width {m}, "
+                f"{len(f.rows)} active neurons, input {n}), so B >= {b}; a wider layer or smaller batch would leak"),
+                diagnostics=diag)
+        W = observation.global_weights[layer.weight].to(self.device, F64)
+        bias = observation.global_weights[layer.bias].to(self.device, F64)
+        solution = _Solution(f, grad_b[f.rows], W, bias)
+        started = time.perf_counter()
+        ran_out = self._search(f, solution, budget, diag)
+        diag.update(seconds_sampling=time.perf_counter() - started, directions_found=solution.found,
+                    activation_patterns_consistent=solution.consistent_count)
+        if solution.X is None:
+            why = (f"found {solution.found} of the {b} directions before the budget ran out "
+                   f"({diag['samples']} subsets sampled; about {diag['expected_samples']:.3g} needed)") if ran_out \
+                else "no direction passed the sparsity filter"
+            return Reconstruction("partial" if ran_out else "failed", why, diagnostics=diag)
+        X = solution.X.cpu()
+        inputs = X.reshape(b, *observation.model.input_shape) if layer.reads_input else X
+        reasons = []
+        if not solution.consistent:
+            reasons.append(f"{b - solution.consistent_count} of {b} recovered inputs switch off neurons that carry "
+                           "gradient (a wrong direction was kept when the budget ran out)")
+        if b != expected:
+            reasons.append(f"the gradient has rank {b} but the client reports {expected} examples "
+                           "(repeated examples, or examples that reach no active neuron, add no rank)")
+        if reasons:
+            return Reconstruction("partial", "; ".join(reasons), inputs=inputs, diagnostics=diag)
+        what = "inputs" if layer.reads_input else f"inputs of {layer.module} (features)"
+        return Reconstruction("exact", f"all {b} {what} recovered; each reproduces its neurons' on/off pattern",
+                              inputs=inputs, diagnostics=diag)
+
+    def _search(self, f: Factors, solution: _Solution, budget: Budget, diag: dict[str, Any]) -> bool:
+        """Sample until the B sparsest independent directions give a consistent batch; True if the
+        budget ran out first."""
+        b = f.batch
+        if b == 1:
+            diag.update(samples=0, expected_samples=1.0, min_extra_zeros=0)
+            solution.try_directions([torch.ones(1, dtype=F64, device=self.device)])
+            return False
+        gen = torch.Generator().manual_seed(self.seed)
+        sampler = DirectionSampler(f, gen, self.device)
+        diag["min_extra_zeros"] = sampler.min_extra
+        pool = _Pool(f)
+        started = time.perf_counter()
+        ran_out = False
+        try:
+            while not solution.consistent:
+                budget.check()
+                if pool.add(*sampler.draw()):
+                    solution.try_directions(pool.best(b))
+        except BudgetExceeded:
+            ran_out = True
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        rho = pool.top_fraction()
+        need = expected_samples(len(f.rows), b, rho)
+        diag.update(samples=sampler.samples, samples_per_second=sampler.samples / elapsed, zero_fraction=rho,
+                    sparsity_cut=pool.cut(), expected_samples=need,
+                    estimated_seconds=need / max(sampler.samples / elapsed, 1e-9))
+        return ran_out
+
+
+class _Pool:
+    """Distinct sampled directions that may be columns of Q.
+
+    Besides the true columns (zero wherever that example switches the neuron off, a fraction rho
+    of the rows), sampling also meets combinations of two columns, zero only where both
+    examples switch it off (about rho^2 of the rows), three (rho^3), and so on. The sparsest
+    direction seen is a true column, so its zero fraction estimates rho; directions below
+    rho^1.5 (the geometric middle between one column and two) are dropped.
+    """
+
+    def __init__(self, f: Factors) -> None:
+        self.f = f
+        self.directions: list[torch.Tensor] = []
+        self.counts: list[int] = []
+
+    def cut(self) -> int:
+        if not self.counts:
+            return 0
+        rho = max(self.counts) / len(self.f.rows)
+        return int(rho**1.5 * len(self.f.rows))
+
+    def top_fraction(self) -> float:
+        return max(self.counts) / len(self.f.rows) if self.counts else 0.5
+
+    def add(self, q: torch.Tensor, counts: torch.Tensor) -> bool:
+        """Add new directions; True when the pool changed."""
+        changed = False
+        for j in _new_directions(q, self.directions):
+            self.directions.append(refine(self.f, q[:, j]))
+            self.counts.append(int(counts[j]))
+            changed = True
+        if changed:
+            keep = [i for i, c in enumerate(self.counts) if c >= self.cut()]
+            self.directions = [self.directions[i] for i in keep]
+            self.counts = [self.counts[i] for i in keep]
+        return changed
+
+    def best(self, batch: int) -> list[torch.Tensor]:
+        return [self.directions[i] for i in select(self.directions, self.counts, batch, self.f.floor)]
+
+
+class _Solution:
+    """The batch from B directions (Sec. 4.3) and its forward-pass check.
+
+    Scale: the bias gradient is D 1 = L Q_hat s, solved for s by least squares; then
+    X = Q^{-1} R. Check: every neuron a recovered input switches off (z < 0 beyond rounding)
+    must have a zero entry in that input's column of D = L Q; a wrong input switches off
+    neurons that carry gradient.
+    """
+
+    def __init__(self, f: Factors, bias_grad: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        self.f, self.g, self.W, self.bias = f, bias_grad, weight, bias
+        self.X: torch.Tensor | None = None
+        self.found = 0
+        self.consistent_count = 0
+
+    @property
+    def consistent(self) -> bool:
+        return self.X is not None and self.consistent_count == self.f.batch
+
+    def try_directions(self, directions: list[torch.Tensor]) -> None:
+        self.found = max(self.found, len(directions))
+        if len(directions) < self.f.batch:
+            return
+        q_hat = torch.stack(directions, dim=1)
+        s = torch.linalg.lstsq(self.f.L @ q_hat, self.g[:, None]).solution.flatten()
+        Q = q_hat * s
+        X = torch.linalg.solve(Q, self.f.R)
+        z = X @ self.W.T + self.bias  # B x m
+        zero = torch.ones_like(z, dtype=torch.bool)
+        zero[:, self.f.rows] = self.f.zeros(self.f.L @ Q).T
+        tol = math.sqrt(self.f.floor) * z.abs().amax(1, keepdim=True)
+        ok = int((~((z < -tol) & ~zero).any(1)).sum())
+        if self.X is None or ok >= self.consistent_count:
+            self.X, self.consistent_count = X, ok

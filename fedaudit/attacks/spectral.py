@@ -1,0 +1,40 @@
+"""The rank of a gradient from its singular values: the largest gap between signal and rounding noise."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+F64 = torch.float64
+
+
+def spectral_rank(singular_values: torch.Tensor, noise_floor: float) -> int:
+    """Rank at the largest log-gap of the singular values (descending) that separates signal from noise.
+
+    ``noise_floor`` is the relative rounding level of the numbers the gradient was sent in. A cut
+    must leave every value above it on the signal side (rel > floor) and put the next one below
+    sqrt(floor), the geometric middle between that floor and the top value; a spectrum that
+    stays above sqrt(floor) has no noise part, so every direction is signal. A dominant first
+    direction (inputs that are nearly alike) is therefore never mistaken for the whole signal.
+    """
+    s = singular_values.to(F64)
+    if s.numel() == 0 or s[0] <= 0:
+        return 0
+    rel = (s / s[0]).clamp_min(torch.finfo(F64).eps * 1e-3)
+    if float(rel[-1]) > math.sqrt(noise_floor):
+        return int(s.numel())
+    gaps = rel[:-1].log() - rel[1:].log()
+    gaps[rel[:-1] <= noise_floor] = -math.inf
+    gaps[rel[1:] >= math.sqrt(noise_floor)] = -math.inf
+    return int(gaps.argmax()) + 1 if bool(torch.isfinite(gaps).any()) else int(s.numel())
+
+
+def left_singular(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD (U, S, V^T) in float64; LAPACK's tall path (QR first) is markedly faster than its
+    wide one, so a wide matrix is factored through its transpose."""
+    g = matrix.to(F64)
+    if g.shape[0] >= g.shape[1]:
+        return torch.linalg.svd(g, full_matrices=False)
+    v, s, ut = torch.linalg.svd(g.T, full_matrices=False)
+    return ut.T, s, v.T
