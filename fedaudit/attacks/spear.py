@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,8 +72,24 @@ class Factors:
         return int(self.L.shape[1])
 
     def zeros(self, v: torch.Tensor) -> torch.Tensor:
-        """Entries of columns ``v`` (m_active x k) at the rounding level: |v| <= sqrt(floor) * max|v|."""
-        return v.abs() <= math.sqrt(self.floor) * v.abs().amax(0, keepdim=True)
+        """Entries of columns ``v`` (m_active x k) at the rounding level.
+
+        Per column, the cut is the largest gap of the sorted log |v| / max |v| whose lower side is
+        at most sqrt(floor): exact zeros of dL/dz sit at rounding level, while a small non-zero
+        entry (a neuron whose upstream gradient is small) stays orders of magnitude above it.
+        """
+        # Below the rounding floor nothing is resolved: the B - 1 rows a direction was built from
+        # are zero to 1e-16, its other zeros only to the gradient's rounding (1e-7 in float32).
+        tiny = torch.finfo(F64).tiny
+        rel = (v.abs() / v.abs().amax(0, keepdim=True).clamp_min(tiny)).clamp_min(self.floor).log()
+        ordered = rel.sort(0).values
+        gaps = ordered[1:] - ordered[:-1]
+        limit = 0.5 * math.log(self.floor)
+        gaps[ordered[:-1] > limit] = -math.inf
+        best = gaps.argmax(0, keepdim=True)
+        cut = 0.5 * (ordered.gather(0, best) + ordered.gather(0, best + 1))
+        cut = torch.where(torch.isfinite(gaps.gather(0, best)), cut, torch.full_like(cut, limit))
+        return rel <= cut
 
 
 def factor(gradient: torch.Tensor, floor: float) -> Factors:
@@ -97,6 +114,17 @@ def expected_samples(active: int, batch: int, rho: float) -> float:
     return harmonic * math.exp(-log_pi)
 
 
+def _distinct_rows(L: torch.Tensor, decimals: int = 5) -> torch.Tensor:
+    """One row index per direction of the rows of L (sign-free, to ``decimals`` after normalizing)."""
+    unit = L / L.norm(dim=1, keepdim=True).clamp_min(torch.finfo(F64).tiny)
+    lead = unit.gather(1, unit.abs().argmax(1, keepdim=True))
+    key = torch.round(unit * lead.sign() * 10**decimals)
+    _, group = torch.unique(key.cpu(), dim=0, return_inverse=True)
+    first = torch.full((int(group.max()) + 1,), L.shape[0], dtype=torch.long)
+    first.scatter_reduce_(0, group, torch.arange(L.shape[0]), reduce="amin")
+    return first.sort().values
+
+
 class DirectionSampler:
     """Kernel vectors of random (B-1)-row subsets of L that pass the sparsity filter (Sec. 4.1)."""
 
@@ -106,6 +134,9 @@ class DirectionSampler:
         self.L32 = factors.L.to(device, torch.float32)
         self.L = factors.L.to(device)
         self.probe = torch.randperm(m, generator=generator)[: min(PROBE_ROWS, m)].to(device)
+        self.distinct = _distinct_rows(factors.L)
+        """Subsets are drawn from rows of distinct direction: parallel rows (neurons whose gradient
+        rows are proportional, common in binary classifiers) state the same constraint twice."""
         self.largest = max(256, CHUNK_BYTES // (4 * b * b))
         self.chunk = min(1024, self.largest)
         """Grows while draws come back empty: small batches find directions in the first few hundred."""
@@ -124,12 +155,14 @@ class DirectionSampler:
 
     def _subsets(self, n: int) -> torch.Tensor:
         """n subsets of B-1 distinct rows: sorted draws plus 0, 1, ..., B-2 are strictly increasing."""
-        m, b = self.f.L.shape
-        draws = torch.randint(m - b + 2, (n, b - 1), generator=self.gen).sort(dim=1).values
-        return (draws + torch.arange(b - 1)).to(self.device)
+        b = self.f.batch
+        pool = self.distinct if len(self.distinct) >= b - 1 else torch.arange(self.f.L.shape[0])
+        draws = torch.randint(len(pool) - b + 2, (n, b - 1), generator=self.gen).sort(dim=1).values
+        return pool[draws + torch.arange(b - 1)].to(self.device)
 
-    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batch of samples: (accepted unit directions B x k, their zero counts k)."""
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One batch of samples: accepted unit directions (B x k), their zero counts (k) and the
+        row subsets they were built from (k x B-1)."""
         m, b = self.f.L.shape
         subsets = self._subsets(self.chunk)
         self.samples += self.chunk
@@ -142,24 +175,67 @@ class DirectionSampler:
         ok &= (probe <= 1e-3 * probe.amax(0).clamp_min(1e-30)).sum(0) >= max(2, len(self.probe) // 8)
         if not bool(ok.any()):
             self.chunk = min(2 * self.chunk, self.largest)
-            return torch.empty(b, 0, dtype=F64, device=self.device), torch.empty(0, device=self.device)
+            return (torch.empty(b, 0, dtype=F64, device=self.device), torch.empty(0, device=self.device),
+                    subsets[:0])
         # Float64 kernel and the full sparsity filter for the few that got through.
-        a64 = self.L[subsets[ok]]
+        subsets = subsets[ok]
+        a64 = self.L[subsets]
         y, info = torch.linalg.solve_ex(a64[:, :, :-1], -a64[:, :, -1:])
         q = torch.cat([y, torch.ones_like(y[:, :1])], dim=1).squeeze(-1).T
         q = q / q.norm(dim=0, keepdim=True)
         counts = self.f.zeros(self.L @ q).sum(0)
         # (rows of L can be parallel, e.g. neurons active for one example only: singular subsets)
         keep = (counts >= (b - 1) + self.min_extra) & (info == 0) & torch.isfinite(q).all(0)
-        return q[:, keep], counts[keep]
+        return q[:, keep], counts[keep], subsets[keep]
 
 
-def refine(factors: Factors, q: torch.Tensor) -> torch.Tensor:
-    """The direction re-fitted to its whole zero set: the smallest right singular vector of L_Z."""
+def refine(factors: Factors, q: torch.Tensor, subset: torch.Tensor) -> torch.Tensor | None:
+    """The direction re-fitted to its zero set, or None when it is not a column of Q.
+
+    Besides the true columns, sampling meets combinations of two columns: a subset of B-2 rows
+    that both examples switch off plus one arbitrary row has a kernel inside span(q_j, q_k),
+    zero on the rows both switch off (about rho^2 of them). Such a zero set, without the rows
+    the direction was built from, spans only B-2 dimensions; a true column's spans B-1 (its
+    remaining zeros pin it down). The kept direction is the smallest right singular vector of
+    L over the whole zero set.
+    """
     zero = factors.zeros(factors.L @ q[:, None]).flatten()
+    rest = zero.clone()
+    rest[subset] = False
+    b = factors.batch
+    if int(rest.sum()) < b - 1:
+        return None
+    s = torch.linalg.svdvals(factors.L[rest])
+    if float(s[b - 2] / s[0]) <= math.sqrt(factors.floor):
+        return None
     _, _, vt = torch.linalg.svd(factors.L[zero], full_matrices=False)
     out = vt[-1]
     return out * torch.sign(out @ q)
+
+
+def realizable(f: Factors, zero: torch.Tensor, inputs_map: torch.Tensor, bias: torch.Tensor) -> bool:
+    """Whether one input in the batch's span switches off exactly the neurons in ``zero``.
+
+    A column of D is zero exactly where its example's pre-activation z = W x + b is <= 0, and x
+    lies in the row space of R, x = R^T a. A combination of columns is zero on a set no single
+    input produces: in a binary classifier dL/da factorizes as w_i e_j, so columns j and k
+    cancel on the neurons both switch on, and such a combination is as sparse as a true column.
+    Feasibility of (W V c + b)_i <= 0 on the zero set (and on the rows no example reaches) and
+    >= 0 elsewhere, with V an orthonormal basis of the row space of R, is a linear program in B
+    unknowns. Each row is normalized; the slack allows the gradient's rounding (sqrt(floor)
+    relative) for inputs of up to unit size per entry (|x| <= sqrt(n)). ``inputs_map`` is W V.
+    """
+    from scipy.optimize import linprog
+
+    off = torch.ones(inputs_map.shape[0], dtype=torch.bool, device=zero.device)
+    off[f.rows] = zero
+    sign = torch.where(off, 1.0, -1.0).to(F64)[:, None]
+    rows = torch.cat([inputs_map, bias[:, None]], dim=1)
+    rows = sign * rows / rows.norm(dim=1, keepdim=True).clamp_min(torch.finfo(F64).tiny)
+    slack = math.sqrt(f.floor) * math.sqrt(f.R.shape[1])
+    a_ub, b_ub = rows[:, :-1].cpu().numpy(), (slack - rows[:, -1]).cpu().numpy()
+    result = linprog(c=[0.0] * f.batch, A_ub=a_ub, b_ub=b_ub, bounds=[(None, None)] * f.batch, method="highs")
+    return result.status == 0
 
 
 def _new_directions(q: torch.Tensor, known: list[torch.Tensor], tol: float = 1e-6) -> list[int]:
@@ -173,19 +249,6 @@ def _new_directions(q: torch.Tensor, known: list[torch.Tensor], tol: float = 1e-
         out.append(j)
         fresh &= (q[:, j] @ q).abs() < 1 - tol
     return out
-
-
-def select(directions: list[torch.Tensor], counts: list[int], batch: int, floor: float) -> list[int]:
-    """Greedy (Sec. 4.2): sparsest first, each kept only if it stays independent of those kept."""
-    chosen: list[int] = []
-    for i in sorted(range(len(directions)), key=lambda k: -counts[k]):
-        trial = torch.stack([directions[k] for k in [*chosen, i]], dim=1)
-        s = torch.linalg.svdvals(trial)
-        if float(s[-1] / s[0]) > math.sqrt(floor):
-            chosen.append(i)
-        if len(chosen) == batch:
-            break
-    return chosen
 
 
 class Spear:
@@ -275,64 +338,86 @@ class Spear:
         gen = torch.Generator().manual_seed(self.seed)
         sampler = DirectionSampler(f, gen, self.device)
         diag["min_extra_zeros"] = sampler.min_extra
-        pool = _Pool(f)
+        pool = _Pool(f, solution.W, solution.bias)
         started = time.perf_counter()
         ran_out = False
         try:
             while not solution.consistent:
                 budget.check()
                 if pool.add(*sampler.draw()):
-                    solution.try_directions(pool.best(b))
+                    for directions in pool.choices(b):
+                        solution.try_directions(directions)
+                        if solution.consistent:
+                            break
         except BudgetExceeded:
             ran_out = True
         elapsed = max(time.perf_counter() - started, 1e-9)
-        rho = pool.top_fraction()
+        rho = pool.zero_fraction()
         need = expected_samples(len(f.rows), b, rho)
         diag.update(samples=sampler.samples, samples_per_second=sampler.samples / elapsed, zero_fraction=rho,
-                    sparsity_cut=pool.cut(), expected_samples=need,
+                    combinations_rejected=pool.rejected, expected_samples=need,
                     estimated_seconds=need / max(sampler.samples / elapsed, 1e-9))
         return ran_out
 
 
 class _Pool:
-    """Distinct sampled directions that may be columns of Q.
+    """Distinct sampled directions that passed ``refine``, with their zero counts; ``best`` picks
+    the B sparsest independent ones that pass ``realizable`` (checked lazily: it is the costly test)."""
 
-    Besides the true columns (zero wherever that example switches the neuron off, a fraction rho
-    of the rows), sampling also meets combinations of two columns, zero only where both
-    examples switch it off (about rho^2 of the rows), three (rho^3), and so on. The sparsest
-    direction seen is a true column, so its zero fraction estimates rho; directions below
-    rho^1.5 (the geometric middle between one column and two) are dropped.
-    """
-
-    def __init__(self, f: Factors) -> None:
-        self.f = f
+    def __init__(self, f: Factors, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        self.f, self.bias = f, bias
+        basis = torch.linalg.qr(f.R.T).Q  # n x B, orthonormal: inputs x = basis c with |c| = |x|
+        self.inputs_map = weight @ basis
         self.directions: list[torch.Tensor] = []
         self.counts: list[int] = []
+        self.real: dict[int, bool] = {}
+        self.rejected = 0
 
-    def cut(self) -> int:
-        if not self.counts:
-            return 0
-        rho = max(self.counts) / len(self.f.rows)
-        return int(rho**1.5 * len(self.f.rows))
+    def zero_fraction(self) -> float:
+        kept = [c for i, c in enumerate(self.counts) if self.real.get(i)]
+        return sum(kept) / len(kept) / len(self.f.rows) if kept else 0.5
 
-    def top_fraction(self) -> float:
-        return max(self.counts) / len(self.f.rows) if self.counts else 0.5
-
-    def add(self, q: torch.Tensor, counts: torch.Tensor) -> bool:
+    def add(self, q: torch.Tensor, counts: torch.Tensor, subsets: torch.Tensor) -> bool:
         """Add new directions; True when the pool changed."""
         changed = False
         for j in _new_directions(q, self.directions):
-            self.directions.append(refine(self.f, q[:, j]))
-            self.counts.append(int(counts[j]))
-            changed = True
-        if changed:
-            keep = [i for i, c in enumerate(self.counts) if c >= self.cut()]
-            self.directions = [self.directions[i] for i in keep]
-            self.counts = [self.counts[i] for i in keep]
+            d = refine(self.f, q[:, j], subsets[j])
+            if d is None:
+                self.rejected += 1
+            elif _new_directions(d[:, None], self.directions):  # the refit may land on a known one
+                self.directions.append(d)
+                self.counts.append(int(counts[j]))
+                changed = True
         return changed
 
-    def best(self, batch: int) -> list[torch.Tensor]:
-        return [self.directions[i] for i in select(self.directions, self.counts, batch, self.f.floor)]
+    def _realizable(self, i: int) -> bool:
+        if i not in self.real:
+            zero = self.f.zeros(self.f.L @ self.directions[i][:, None]).flatten()
+            self.real[i] = realizable(self.f, zero, self.inputs_map, self.bias)
+            self.rejected += not self.real[i]
+        return self.real[i]
+
+    def choices(self, batch: int) -> Iterator[list[torch.Tensor]]:
+        """The greedy pick, then the greedy picks without one of its members each: a combination
+        of columns that passed every test can stand in for a true column and block it."""
+        first = self._greedy(batch, banned=-1)
+        yield [self.directions[i] for i in first]
+        for banned in first:
+            yield [self.directions[i] for i in self._greedy(batch, banned)]
+
+    def _greedy(self, batch: int, banned: int) -> list[int]:
+        """Sec. 4.2: sparsest first, kept when realizable and independent of those kept."""
+        chosen: list[int] = []
+        for i in sorted(range(len(self.directions)), key=lambda k: -self.counts[k]):
+            if i == banned:
+                continue
+            trial = torch.stack([self.directions[k] for k in [*chosen, i]], dim=1)
+            s = torch.linalg.svdvals(trial)
+            if float(s[-1] / s[0]) > math.sqrt(self.f.floor) and self._realizable(i):
+                chosen.append(i)
+            if len(chosen) == batch:
+                break
+        return chosen
 
 
 class _Solution:

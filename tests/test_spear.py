@@ -1,0 +1,122 @@
+"""SPEAR on real MNIST and Adult batches, the image/table data path, and the array metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedaudit.attacks.base import Budget
+from fedaudit.attacks.spear import Spear
+from fedaudit.audit.scoring import score
+from fedaudit.config import DataConfig
+from fedaudit.data import load_examples
+from fedaudit.metrics.arrays import PSNR_CAP, image_metrics
+from tests.helpers import client_updates, scenario
+
+ADULT_COLUMNS = ("['age','workclass','fnlwgt','education','education_num','marital_status','occupation',"
+                 "'relationship','race','sex','capital_gain','capital_loss','hours_per_week','native_country',"
+                 "'income']")
+
+
+def _mnist(data_dir, *extra: str):
+    return scenario("model.name=mlp", "model.config={hidden=[1000]}", "audit.attacks=['spear']",
+                    f"data.source={data_dir / 'images/mnist/t10k-images-idx3-ubyte.gz'}", *extra)
+
+
+def _adult(data_dir, *extra: str):
+    return scenario("model.name=mlp", "model.config={hidden=[1000]}", "audit.attacks=['spear']",
+                    f"data.source={data_dir / 'tabular/adult/adult.data'}", "data.modality=table",
+                    f"data.columns={ADULT_COLUMNS}", "data.label_column=income", *extra)
+
+
+def test_spear_recovers_a_real_mnist_batch_exactly(data_dir) -> None:
+    (observation, truth), = client_updates(_mnist(data_dir, "training.batch_size=8"), 1)
+    attack = Spear(device="cpu")
+    assert attack.applicable(observation) == (True, "")
+    rec = attack.run(observation, Budget(120))
+    assert rec.status == "exact", rec.reason
+    assert rec.diagnostics["batch_from_rank"] == 8 == truth.batch_size
+    assert rec.inputs.shape == truth.features.shape
+    metrics = score(rec, truth, observation.model)
+    assert metrics["exact_fraction"] == 1.0 and metrics["max_abs_error"] <= 1e-4
+    assert metrics["psnr"] == PSNR_CAP and metrics["ssim"] > 0.9999
+
+
+def test_spear_recovers_a_real_adult_batch(data_dir) -> None:
+    (observation, truth), = client_updates(_adult(data_dir, "training.batch_size=8"), 1)
+    rec = Spear(device="cpu").run(observation, Budget(120))
+    assert rec.status == "exact", rec.reason
+    assert rec.diagnostics["batch_from_rank"] == 8
+    metrics = score(rec, truth, observation.model)
+    assert metrics["feature_accuracy"] >= 0.99
+    # recovered rows read back as census records
+    schema = observation.model.table_schema
+    record = schema.decode(rec.inputs[0].numpy())
+    assert set(record) == {c.name for c in schema.columns} and isinstance(record["education"], str)
+
+
+def test_spear_is_not_applicable_without_relu_sparsity(data_dir) -> None:
+    sc = scenario("model.name=cnn", "model.config={activation='sigmoid'}", "data.source=digits",
+                  "training.batch_size=2", "audit.attacks=['spear']")
+    (observation, _), = client_updates(sc, 1)
+    ok, why = Spear(device="cpu").applicable(observation)
+    assert not ok and "ReLU" in why
+
+
+def test_spear_says_when_the_batch_size_is_not_identifiable(data_dir) -> None:
+    # a 16-unit layer cannot separate 32 examples: the gradient has full rank
+    sc = scenario("model.name=mlp", "model.config={hidden=[16]}", "data.source=digits", "training.batch_size=32",
+                  "audit.attacks=['spear']")
+    (observation, _), = client_updates(sc, 1)
+    rec = Spear(device="cpu").run(observation, Budget(30))
+    assert rec.status == "partial" and "not identifiable" in rec.reason
+
+
+def test_image_sources_load_as_unit_range_nchw(data_dir) -> None:
+    digits = load_examples(DataConfig(source="digits"), seed=0)
+    assert digits.input_shape == (1, 8, 8) and len(digits) == 1797 and digits.num_labels == 10
+    mnist = load_examples(DataConfig(source=str(data_dir / "images/mnist/t10k-images-idx3-ubyte.gz"),
+                                     max_examples=500), seed=0)
+    assert mnist.input_shape == (1, 28, 28) and len(mnist) == 500
+    cifar = load_examples(DataConfig(source=str(data_dir / "images/cifar10/test_2000.npz")), seed=0)
+    assert cifar.input_shape == (3, 32, 32) and cifar.label_names[0] == "airplane"
+    for ex in (digits, mnist, cifar):
+        assert ex.inputs.dtype == np.float32 and ex.inputs.min() >= 0.0 and ex.inputs.max() <= 1.0
+
+
+def test_adult_rows_encode_and_decode_back(data_dir) -> None:
+    cfg = DataConfig(source=str(data_dir / "tabular/adult/adult.data"), modality="table",
+                     columns=eval(ADULT_COLUMNS), label_column="income")
+    table = load_examples(cfg, seed=0)
+    assert table.label_names == ["<=50K", ">50K"] and len(table) == 32561
+    first = table.schema.decode(table.inputs[0])
+    # the file's first record: 39, State-gov, 77516, Bachelors, 13, ...
+    assert first["workclass"] == "State-gov" and first["education"] == "Bachelors"
+    assert first["age"] == pytest.approx(39, abs=1e-3) and first["fnlwgt"] == pytest.approx(77516, rel=1e-5)
+    hits = table.schema.feature_hits(table.inputs[0], table.inputs[0])
+    assert hits.all() and len(hits) == 14
+    # the test file: a "|" comment line and labels that end with a period
+    test = load_examples(cfg.model_copy(update={"source": str(data_dir / "tabular/adult/adult.test")}), seed=0)
+    assert test.label_names == ["<=50K", ">50K"] and len(test) == 16281
+
+
+def test_image_metrics_on_known_values() -> None:
+    rng = np.random.default_rng(0)
+    refs = rng.random((3, 1, 8, 8)) * 0.9  # +0.01 stays inside [0, 1]: no clipping
+    same = image_metrics(refs[::-1].copy(), refs)  # order does not matter: one-to-one matching
+    assert same == {"psnr": PSNR_CAP, "ssim": 1.0, "exact_fraction": 1.0, "max_abs_error": 0.0}
+    noisy = image_metrics(refs[:2] + 0.01, refs)
+    assert noisy["exact_fraction"] == 0.0 and noisy["psnr"] == pytest.approx(2 * 40.0 / 3, rel=1e-6)
+    with pytest.raises(ValueError, match="at most one reconstruction per example"):
+        image_metrics(np.zeros((4, 1, 8, 8)), refs)
+
+
+def test_dense_models_train_on_images_and_tables(data_dir) -> None:
+    sc = scenario("model.name=cnn", "model.config={fc_hidden=[64]}", f"data.source={data_dir / 'images/cifar10/test_2000.npz'}",
+                  "training.batch_size=4")
+    (observation, truth), = client_updates(sc, 1)
+    adapter = observation.model.adapter
+    assert [d.relu_after for d in adapter.dense_layers] == [True] and not adapter.dense_layers[0].reads_input
+    assert all(torch.isfinite(g).all() for g in observation.update.values())
+    assert truth.features.shape == (4, 3, 32, 32)
