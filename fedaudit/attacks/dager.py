@@ -95,7 +95,7 @@ class Span:
 
 
 def estimate_span(gradient: torch.Tensor, noise_floor: float, input_map: torch.Tensor | None = None,
-                  source: str = "") -> Span:
+                  source: str = "", min_rank: int = 0) -> Span:
     """Span of the input-side space of ``gradient`` (k_in x m): rank at the largest spectral gap.
 
     ``noise_floor`` is the relative rounding level of the numbers the gradient was sent in: a
@@ -106,7 +106,7 @@ def estimate_span(gradient: torch.Tensor, noise_floor: float, input_map: torch.T
     if not torch.isfinite(g).all():
         raise ValueError(f"the gradient of {source or 'the query projection'} contains NaN or inf")
     u, s, _ = left_singular(g)
-    rank = spectral_rank(s, noise_floor)
+    rank = spectral_rank(s, noise_floor, min_rank)
     if rank == 0:
         raise ValueError(f"the gradient of {source or 'the query projection'} is zero")
     rel = s / s[0]
@@ -345,7 +345,8 @@ class Dager:
 
     # ------------------------------------------------------------ setup
 
-    def _input_span(self, observation: Observation, entry: AttentionInput, floor: float, layer: int) -> Span:
+    def _input_span(self, observation: Observation, entry: AttentionInput, floor: float, layer: int,
+                    min_rank: int = 0) -> Span:
         """The span of one attention layer's inputs, from the full weights or from LoRA factors.
 
         Full weights: the query, key and value gradients side by side (all read the same input).
@@ -368,7 +369,8 @@ class Dager:
         grads = [observation.gradient(p.weight) for p in entry.projections if p.weight in observation.update]
         grads = [g if p.in_features_first else g.T for p, g in zip(entry.projections, grads)]
         names = ", ".join(p.weight for p in entry.projections if p.weight in observation.update)
-        return estimate_span(torch.cat(grads, dim=1).to(self.device), floor, source=f"{names} (layer {layer})")
+        return estimate_span(torch.cat(grads, dim=1).to(self.device), floor, source=f"{names} (layer {layer})",
+                             min_rank=min_rank)
 
     def _model(self, observation: Observation) -> nn.Module:
         """The global model, or for FedAvg the midpoint of the local trajectory (see module doc)."""
@@ -419,7 +421,9 @@ class Dager:
         adapter = observation.model.adapter
         floor = self._rounding_floor(observation)
         span1 = self._input_span(observation, adapter.attention_inputs[0], floor, 1)
-        span2 = self._input_span(observation, adapter.attention_inputs[1], floor, 2)
+        # Layer 2 reads one vector per distinct prefix (decoders) or position (encoders): never
+        # fewer than the distinct (token, position) inputs layer 1 saw.
+        span2 = self._input_span(observation, adapter.attention_inputs[1], floor, 2, min_rank=span1.rank)
         span1.centered = span2.centered = adapter.first_input.norm_kind == "layernorm"
         model = self._model(observation)
         max_len = observation.protocol.max_seq_len
@@ -477,8 +481,17 @@ class Dager:
         # layer 2: calibrate on random sequences, then search
         absent2 = self._absent_layer2(setup)
         tau2 = threshold(s2, absent2)
-        diag.update(threshold_layer2=tau2, closest_absent_layer2=absent2)
         rotary = observation.model.adapter.first_input.positions is None
+        if not observation.exact_gradient and observation.model.adapter.is_decoder and candidates[0].numel() > 1:
+            # Several local steps: the span mixes each input at several weights, so the spectral
+            # noise ratio says little; calibrate on the data instead. Position 0 reads token 0
+            # alone, so its layer-1 candidates split at the largest gap of their layer-2
+            # residuals into first tokens (drift-sized residuals) and completions.
+            present, gap_absent = split_at_gap(self._first_position_residuals(setup, candidates[0]),
+                                               floor=s2.noise, rank=int(candidates[0].numel()))
+            tau2 = min(tau2, math.sqrt(present * min(gap_absent, absent2)))
+            diag.update(farthest_present_layer2=present)
+        diag.update(threshold_layer2=tau2, closest_absent_layer2=absent2)
         search = _DecoderSearch if observation.model.adapter.is_decoder else _EncoderSearch
         finder = search(setup, tau2, candidates, rotary, observation.model.tokenizer, budget, expected)
         t2 = time.perf_counter()
@@ -531,6 +544,11 @@ class Dager:
         if keep:
             self._kept = (key, terms)
         return terms, False
+
+    @staticmethod
+    def _first_position_residuals(setup: _Setup, first: torch.Tensor) -> torch.Tensor:
+        inputs = setup.probe.inputs(first.to(setup.device)[:, None], _cache())[:, 0]
+        return setup.span2.residual(inputs)[:, None]
 
     def _absent_layer2(self, setup: _Setup, samples: int = 64, length: int = 4) -> float:
         """Closest layer-2 residual of random token sequences (positions >= 1; absent w.h.p.)."""

@@ -9,7 +9,7 @@ import torch
 F64 = torch.float64
 
 
-def spectral_rank(singular_values: torch.Tensor, noise_floor: float) -> int:
+def spectral_rank(singular_values: torch.Tensor, noise_floor: float, min_rank: int = 0) -> int:
     """Rank at the largest log-gap of the singular values (descending) that separates signal from noise.
 
     ``noise_floor`` is the relative rounding level of the numbers the gradient was sent in. A cut
@@ -17,6 +17,7 @@ def spectral_rank(singular_values: torch.Tensor, noise_floor: float) -> int:
     sqrt(floor), the geometric middle between that floor and the top value; a spectrum that
     stays above sqrt(floor) has no noise part, so every direction is signal. A dominant first
     direction (inputs that are nearly alike) is therefore never mistaken for the whole signal.
+    ``min_rank``: no cut below it (a rank known from elsewhere, e.g. another layer of the same batch).
     """
     s = singular_values.to(F64)
     if s.numel() == 0 or s[0] <= 0:
@@ -27,6 +28,7 @@ def spectral_rank(singular_values: torch.Tensor, noise_floor: float) -> int:
     gaps = rel[:-1].log() - rel[1:].log()
     gaps[rel[:-1] <= noise_floor] = -math.inf
     gaps[rel[1:] >= math.sqrt(noise_floor)] = -math.inf
+    gaps[: max(0, min_rank - 1)] = -math.inf
     return int(gaps.argmax()) + 1 if bool(torch.isfinite(gaps).any()) else int(s.numel())
 
 
