@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from scipy.stats import poisson
 
@@ -189,7 +190,7 @@ class DirectionSampler:
         return q[:, keep], counts[keep], subsets[keep]
 
 
-def refine(factors: Factors, q: torch.Tensor, subset: torch.Tensor) -> torch.Tensor | None:
+def refine(factors: Factors, q: torch.Tensor, subset: torch.Tensor) -> tuple[torch.Tensor, int] | None:
     """The direction re-fitted to its zero set, or None when it is not a column of Q.
 
     Besides the true columns, sampling meets combinations of two columns: a subset of B-2 rows
@@ -197,7 +198,9 @@ def refine(factors: Factors, q: torch.Tensor, subset: torch.Tensor) -> torch.Ten
     zero on the rows both switch off (about rho^2 of them). Such a zero set, without the rows
     the direction was built from, spans only B-2 dimensions; a true column's spans B-1 (its
     remaining zeros pin it down). The kept direction is the smallest right singular vector of
-    L over the whole zero set.
+    L over the whole zero set, refitted until that set stops changing (a direction built from
+    B - 1 rows is less accurate than one fitted to hundreds, and its zero set can be off by a
+    row); returned with its zero count.
     """
     zero = factors.zeros(factors.L @ q[:, None]).flatten()
     rest = zero.clone()
@@ -208,34 +211,48 @@ def refine(factors: Factors, q: torch.Tensor, subset: torch.Tensor) -> torch.Ten
     s = torch.linalg.svdvals(factors.L[rest])
     if float(s[b - 2] / s[0]) <= math.sqrt(factors.floor):
         return None
-    _, _, vt = torch.linalg.svd(factors.L[zero], full_matrices=False)
-    out = vt[-1]
-    return out * torch.sign(out @ q)
+    for _ in range(4):
+        _, _, vt = torch.linalg.svd(factors.L[zero], full_matrices=False)
+        q = vt[-1] * torch.sign(vt[-1] @ q)
+        again = factors.zeros(factors.L @ q[:, None]).flatten()
+        if bool((again == zero).all()):
+            break
+        zero = again
+    return q, int(zero.sum())
 
 
 def realizable(f: Factors, zero: torch.Tensor, inputs_map: torch.Tensor, bias: torch.Tensor) -> bool:
-    """Whether one input in the batch's span switches off exactly the neurons in ``zero``.
+    """Whether one input in the batch's span switches off (nearly) exactly the neurons in ``zero``.
 
     A column of D is zero exactly where its example's pre-activation z = W x + b is <= 0, and x
-    lies in the row space of R, x = R^T a. A combination of columns is zero on a set no single
-    input produces: in a binary classifier dL/da factorizes as w_i e_j, so columns j and k
-    cancel on the neurons both switch on, and such a combination is as sparse as a true column.
-    Feasibility of (W V c + b)_i <= 0 on the zero set (and on the rows no example reaches) and
-    >= 0 elsewhere, with V an orthonormal basis of the row space of R, is a linear program in B
-    unknowns. Each row is normalized; the slack allows the gradient's rounding (sqrt(floor)
-    relative) for inputs of up to unit size per entry (|x| <= sqrt(n)). ``inputs_map`` is W V.
+    lies in the row space of R, x = V c (V orthonormal). A combination of columns is zero on a
+    set no single input produces: in a binary classifier dL/da factorizes as w_i e_j, so columns
+    j and k cancel on the neurons both switch on, and such a combination is as sparse as a true
+    column. The linear program finds the c that violates the sign constraints least (L1, each
+    row normalized, rounding slack sqrt(floor) for inputs of up to unit size per entry); a true
+    column violates only rows whose gradient entry is non-zero but at the rounding level (a
+    handful), a combination violates a share of all rows. The cut between the two is the
+    geometric middle between one row and all rows. ``inputs_map`` is W V (m x B).
     """
+    from scipy import sparse
     from scipy.optimize import linprog
 
-    off = torch.ones(inputs_map.shape[0], dtype=torch.bool, device=zero.device)
+    m, batch = inputs_map.shape
+    off = torch.ones(m, dtype=torch.bool, device=zero.device)
     off[f.rows] = zero
     sign = torch.where(off, 1.0, -1.0).to(F64)[:, None]
     rows = torch.cat([inputs_map, bias[:, None]], dim=1)
-    rows = sign * rows / rows.norm(dim=1, keepdim=True).clamp_min(torch.finfo(F64).tiny)
+    rows = (sign * rows / rows.norm(dim=1, keepdim=True).clamp_min(torch.finfo(F64).tiny)).cpu().numpy()
     slack = math.sqrt(f.floor) * math.sqrt(f.R.shape[1])
-    a_ub, b_ub = rows[:, :-1].cpu().numpy(), (slack - rows[:, -1]).cpu().numpy()
-    result = linprog(c=[0.0] * f.batch, A_ub=a_ub, b_ub=b_ub, bounds=[(None, None)] * f.batch, method="highs")
-    return result.status == 0
+    # variables: c (B), then one violation per row (>= 0); rows . c - violation <= slack - row bias
+    a_ub = sparse.hstack([sparse.csr_matrix(rows[:, :-1]), -sparse.identity(m, format="csr")], format="csr")
+    cost = np.concatenate([np.zeros(batch), np.ones(m)])
+    bounds = [(None, None)] * batch + [(0, None)] * m
+    result = linprog(cost, A_ub=a_ub, b_ub=slack - rows[:, -1], bounds=bounds, method="highs")
+    if result.status != 0:
+        return False
+    violated = int((result.x[batch:] > slack).sum())
+    return violated <= math.sqrt(m)
 
 
 def _new_directions(q: torch.Tensor, known: list[torch.Tensor], tol: float = 1e-6) -> list[int]:
@@ -381,12 +398,12 @@ class _Pool:
         """Add new directions; True when the pool changed."""
         changed = False
         for j in _new_directions(q, self.directions):
-            d = refine(self.f, q[:, j], subsets[j])
-            if d is None:
+            fit = refine(self.f, q[:, j], subsets[j])
+            if fit is None:
                 self.rejected += 1
-            elif _new_directions(d[:, None], self.directions):  # the refit may land on a known one
-                self.directions.append(d)
-                self.counts.append(int(counts[j]))
+            elif _new_directions(fit[0][:, None], self.directions):  # the refit may land on a known one
+                self.directions.append(fit[0])
+                self.counts.append(fit[1])
                 changed = True
         return changed
 
