@@ -16,6 +16,15 @@ if TYPE_CHECKING:
 Status = Literal["exact", "partial", "failed"]
 
 
+def resolve_device(device: str) -> Any:
+    """``audit.device``: "auto" is CUDA when present, else the CPU."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 class BudgetExceeded(Exception):
     """Raised by ``Budget.check()`` when an attack has used up its time."""
 

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fedaudit.attacks.base import Budget, BudgetExceeded, Reconstruction
+from fedaudit.attacks.base import Budget, BudgetExceeded, Reconstruction, resolve_device
 from fedaudit.attacks.spectral import left_singular, spectral_rank
 
 if TYPE_CHECKING:
@@ -333,19 +333,13 @@ def _same(a: Any, b: Any) -> bool:
     return a == b if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) else False
 
 
-def _resolve(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class Dager:
     """DAGER over the first two attention layers of GPT-2, LLaMA and BERT families (FedSGD, FedAvg, LoRA)."""
 
     name = "dager"
 
     def __init__(self, device: str = "auto") -> None:
-        self.device = _resolve(device)
+        self.device = resolve_device(device)
         self._kept: tuple[tuple, Layer1Terms] | None = None
         """The last layer-1 terms with the weights they were computed from (shared within a round)."""
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from scipy.stats import poisson
 
-from fedaudit.attacks.base import Budget, BudgetExceeded, Reconstruction
+from fedaudit.attacks.base import Budget, BudgetExceeded, Reconstruction, resolve_device
 from fedaudit.attacks.spectral import left_singular, spectral_rank
 
 if TYPE_CHECKING:
@@ -275,8 +275,7 @@ class Spear:
     name = "spear"
 
     def __init__(self, device: str = "auto", layer: int = 0, seed: int = 0) -> None:
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
+        self.device = resolve_device(device)
         self.layer, self.seed = layer, seed
 
     def _layer(self, observation: Observation) -> DenseLayer | None:
