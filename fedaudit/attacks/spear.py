@@ -184,10 +184,14 @@ class DirectionSampler:
         y, info = torch.linalg.solve_ex(a64[:, :, :-1], -a64[:, :, -1:])
         q = torch.cat([y, torch.ones_like(y[:, :1])], dim=1).squeeze(-1).T
         q = q / q.norm(dim=0, keepdim=True)
-        counts = self.f.zeros(self.L @ q).sum(0)
         # (rows of L can be parallel, e.g. neurons active for one example only: singular subsets)
-        keep = (counts >= (b - 1) + self.min_extra) & (info == 0) & torch.isfinite(q).all(0)
-        return q[:, keep], counts[keep], subsets[keep]
+        usable = (info == 0) & torch.isfinite(q).all(0)
+        v = self.L @ q
+        # zeros lie at or below sqrt(floor) * max (see Factors.zeros): count those first, sort only the rest
+        usable &= (v.abs() <= math.sqrt(self.f.floor) * v.abs().amax(0)).sum(0) >= (b - 1) + self.min_extra
+        counts = self.f.zeros(v[:, usable]).sum(0)
+        keep = counts >= (b - 1) + self.min_extra
+        return q[:, usable][:, keep], counts[keep], subsets[usable][keep]
 
 
 def refine(factors: Factors, q: torch.Tensor, subset: torch.Tensor) -> tuple[torch.Tensor, int] | None:
@@ -425,7 +429,7 @@ class _Pool:
         """Sec. 4.2: sparsest first, kept when realizable and independent of those kept."""
         chosen: list[int] = []
         for i in sorted(range(len(self.directions)), key=lambda k: -self.counts[k]):
-            if i == banned:
+            if i == banned or self.real.get(i) is False:
                 continue
             trial = torch.stack([self.directions[k] for k in [*chosen, i]], dim=1)
             s = torch.linalg.svdvals(trial)
