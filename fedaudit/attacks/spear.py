@@ -13,6 +13,8 @@ loss gives G = dL/dW = D X with D = (dL/dZ)^T (m x B), and g = dL/db = D 1. Then
   If B - 1 rows of L, L_A, are all zero rows of column j of D, then L_A q_j = 0: q_j spans
   the kernel of L_A (Sec. 4.1). Random row subsets are sampled in batches; a kernel vector is
   kept when L q has far more zeros than the B - 1 it was built to have (the sparsity filter).
+* Sampling also meets combinations of columns that look sparse; ``refine`` and ``realizable``
+  reject them (see there).
 * The B sparsest independent directions are picked greedily (Sec. 4.2), their scale comes from
   the bias gradient, L Q_hat s = g (Sec. 4.3), and X = Q^{-1} R.
 
@@ -21,10 +23,10 @@ rho^(B-1) per column for zero fraction rho: the cost is exponential in B (about 
 rho = 1/2). Before sampling, the expected cost goes into the diagnostics; with a budget, a
 ``partial`` result says how many of the B directions were found.
 
-What the auditor checks before saying ``exact``: every recovered input, pushed through the
-layer's known weights, must switch off exactly the neurons whose gradient column is zero
-(a forward-pass consistency check the gradient alone does not force), and B must equal the
-number of examples the client reports.
+What the attack checks before saying ``exact``: every neuron a recovered input switches off,
+pushed through the layer's known weights, has a zero entry in that input's gradient column (a
+forward-pass check the gradient alone does not force: a wrong input switches off neurons that
+carry gradient), and B equals the number of examples the client reports.
 """
 
 from __future__ import annotations
