@@ -218,9 +218,12 @@ def refine(factors: Factors, q: torch.Tensor, subset: torch.Tensor) -> tuple[tor
     if float(s[b - 2] / s[0]) <= math.sqrt(factors.floor):
         return None
     for _ in range(4):
-        _, _, vt = torch.linalg.svd(factors.L[zero], full_matrices=False)
+        # full V^T (B x B): its last row is the null direction even when few rows remain
+        _, _, vt = torch.linalg.svd(factors.L[zero], full_matrices=True)
         q = vt[-1] * torch.sign(vt[-1] @ q)
         again = factors.zeros(factors.L @ q[:, None]).flatten()
+        if int(again.sum()) < b - 1:
+            return None  # the refit left the sparse direction: not a column
         if bool((again == zero).all()):
             break
         zero = again
@@ -468,7 +471,9 @@ class _Solution:
         q_hat = torch.stack(directions, dim=1)
         s = torch.linalg.lstsq(self.f.L @ q_hat, self.g[:, None]).solution.flatten()
         Q = q_hat * s
-        X = torch.linalg.solve(Q, self.f.R)
+        X, info = torch.linalg.solve_ex(Q, self.f.R)
+        if int(info) != 0 or not bool(torch.isfinite(X).all()):
+            return  # a zero scale: these directions do not make a batch
         z = X @ self.W.T + self.bias  # B x m
         zero = torch.ones_like(z, dtype=torch.bool)
         zero[:, self.f.rows] = self.f.zeros(self.f.L @ Q).T
