@@ -14,9 +14,6 @@ Tables 1-4). The layer-1 check's achieved FLOP/s is reported beside a plain matm
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import arguments, device_name, earlier_rows, fmt, save  # noqa: E402  (this folder, run as scripts)
 from fedaudit.cli import _prepare, evaluate_attack  # noqa: E402
 from fedaudit.config import load_scenario  # noqa: E402
 
@@ -80,14 +78,11 @@ def layer1_gflops(diagnostics: dict) -> float | None:
     return flops / diagnostics["seconds_layer1"] / 1e9
 
 
-def fmt(value, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def write(results: dict, path: Path) -> None:
-    order = [name for name, *_ in rows()]
-    results["rows"].sort(key=lambda r: order.index(r["name"]))
-    path.with_suffix(".json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    save(results, path, [name for name, *_ in rows()], markdown)
+
+
+def markdown(results: dict) -> list[str]:
     lines = [f"# DAGER text recovery ({results['device']})", "",
              "FedSGD unless named. Seconds per batch: median over the row's batches (clients of one round, "
              "sharing the layer-1 terms) and the first batch (which computes them). "
@@ -103,24 +98,14 @@ def write(results: dict, path: Path) -> None:
                      f"{fmt(r.get('rouge2'))} | {fmt(r.get('exact_match'))} | {fmt(r.get('token_recall'))} | "
                      f"{fmt(r['seconds_median'], 2)} | {fmt(r['seconds_first'], 2)} | {fmt(r['peak_mem_mb'], 0)} | "
                      f"{fmt(r['layer1_gflops'], 1)} | {r['budget_s']:g} | {r['status_counts']} | {paper_s} |")
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return lines
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=10)
-    parser.add_argument("--budget", type=float, default=300.0)
-    parser.add_argument("--rows", nargs="*", help="row names to run (default: all)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dager_text")
-    args = parser.parse_args()
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    args = arguments(__doc__, "dager_text", budget=300.0)
+    device = device_name()
     results = {"device": device, "matmul_gflops_f32": matmul_gflops(torch.float32),
-               "matmul_gflops_f64": matmul_gflops(torch.float64), "rows": []}
-    earlier = args.out.with_suffix(".json")
-    if earlier.exists():
-        kept = json.loads(earlier.read_text(encoding="utf-8"))
-        if kept.get("device") == device:
-            results["rows"] = [r for r in kept["rows"] if not args.rows or r["name"] not in args.rows]
+               "matmul_gflops_f64": matmul_gflops(torch.float64), "rows": earlier_rows(args.out, device, args.rows)}
     for name, family, dataset, b, overrides, paper in rows():
         if args.rows and name not in args.rows:
             continue

@@ -11,17 +11,14 @@ the same device are kept unless rerun.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import sys
 from pathlib import Path
 
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import arguments, device_name, earlier_rows, fmt, save  # noqa: E402  (this folder, run as scripts)
 from fedaudit.cli import _prepare, evaluate_attack  # noqa: E402
 from fedaudit.config import load_scenario  # noqa: E402
 
@@ -42,14 +39,11 @@ def rows() -> list[tuple[str, str, int, int]]:
             for b in (1, 4, 8, 16, 20, 25, 32)]
 
 
-def fmt(value, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def write(results: dict, path: Path) -> None:
-    order = [name for name, *_ in rows()]
-    results["rows"].sort(key=lambda r: order.index(r["name"]))
-    path.with_suffix(".json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    save(results, path, [name for name, *_ in rows()], markdown)
+
+
+def markdown(results: dict) -> list[str]:
     lines = [f"# SPEAR ({results['device']})", "",
              "FedSGD, ReLU MLP with one hidden layer of width m, SPEAR on that layer. Exact = every input "
              "within 1e-4 (images) or every feature right (tables); exact inputs counts a batch that returned "
@@ -63,24 +57,13 @@ def write(results: dict, path: Path) -> None:
                      f"{fmt(r.get('exact_fraction'))} | {quality} | {fmt(r['seconds_median'], 2)} | "
                      f"{fmt(r['seconds_max'], 2)} | {fmt(r['peak_mem_mb'], 0)} | {r['budget_s']:g} | "
                      f"{r['status_counts']} |")
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return lines
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=10)
-    parser.add_argument("--budget", type=float, default=300.0)
-    parser.add_argument("--rows", nargs="*", help="row names to run (default: all)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "spear")
-    args = parser.parse_args()
-    device = (torch.cuda.get_device_name() if torch.cuda.is_available()
-              else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
-    results = {"device": device, "rows": []}
-    earlier = args.out.with_suffix(".json")
-    if earlier.exists():
-        kept = json.loads(earlier.read_text(encoding="utf-8"))
-        if kept.get("device") == device:
-            results["rows"] = [r for r in kept["rows"] if not args.rows or r["name"] not in args.rows]
+    args = arguments(__doc__, "spear", budget=300.0)
+    device = device_name()
+    results = {"device": device, "rows": earlier_rows(args.out, device, args.rows)}
     for name, data, m, b in rows():
         if args.rows and name not in args.rows:
             continue
