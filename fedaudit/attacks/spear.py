@@ -35,6 +35,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -74,17 +75,30 @@ class Factors:
     def batch(self) -> int:
         return int(self.L.shape[1])
 
-    def zeros(self, v: torch.Tensor) -> torch.Tensor:
-        """Entries of columns ``v`` (m_active x k) at the rounding level.
+    @cached_property
+    def row_norms(self) -> torch.Tensor:
+        return self.L.norm(dim=1)
 
-        Per column, the cut is the largest gap of the sorted log |v| / max |v| whose lower side is
-        at most sqrt(floor): exact zeros of dL/dz sit at rounding level, while a small non-zero
-        entry (a neuron whose upstream gradient is small) stays orders of magnitude above it.
+    def relative(self, q: torch.Tensor) -> torch.Tensor:
+        """|L q| entrywise over |row of L| |q| (the cosine of each row with each column of ``q``).
+
+        The gradient's rounding is relative to each neuron's own gradient row, so a true zero of
+        dL/dz is small against its row, not against the column's largest entry: rows of neurons
+        with a tiny gradient (relative to the largest) would otherwise look zero for every
+        direction, and directions through them look sparse."""
+        scale = self.row_norms[:, None] * q.norm(dim=0, keepdim=True)
+        return (self.L @ q).abs() / scale.clamp_min(torch.finfo(F64).tiny)
+
+    def zeros(self, q: torch.Tensor) -> torch.Tensor:
+        """Entries of L q (q: B x k) at the rounding level, per column.
+
+        The cut is the largest gap of the sorted log ``relative`` whose lower side is at most
+        sqrt(floor): exact zeros of dL/dz sit at rounding level, while a small non-zero entry (a
+        neuron whose upstream gradient is small) stays orders of magnitude above it.
         """
         # Below the rounding floor nothing is resolved: the B - 1 rows a direction was built from
         # are zero to 1e-16, its other zeros only to the gradient's rounding (1e-7 in float32).
-        tiny = torch.finfo(F64).tiny
-        rel = (v.abs() / v.abs().amax(0, keepdim=True).clamp_min(tiny)).clamp_min(self.floor).log()
+        rel = self.relative(q).clamp_min(self.floor).log()
         ordered = rel.sort(0).values
         gaps = ordered[1:] - ordered[:-1]
         limit = 0.5 * math.log(self.floor)
@@ -137,6 +151,7 @@ class DirectionSampler:
         self.L32 = factors.L.to(device, torch.float32)
         self.L = factors.L.to(device)
         self.probe = torch.randperm(m, generator=generator)[: min(PROBE_ROWS, m)].to(device)
+        self.probe_norms = self.L32[self.probe].norm(dim=1)
         self.distinct = _distinct_rows(factors.L)
         """Subsets are drawn from rows of distinct direction: parallel rows (neurons whose gradient
         rows are proportional, common in binary classifiers) state the same constraint twice."""
@@ -145,23 +160,63 @@ class DirectionSampler:
         """Grows while draws come back empty: small batches find directions in the first few hundred."""
         self.min_extra = self._calibrate()
         self.samples = 0
+        self.log_weights: torch.Tensor | None = None
+        """Row weights of guided draws (``guide``); None draws uniformly."""
 
     def _calibrate(self, directions: int = 256) -> int:
         """Extra zeros a true direction must show: random directions (wrong with probability 1)
         give the chance rate of rounding-level entries; allow FALSE_ACCEPT per sample."""
         m, b = self.f.L.shape
         q = torch.randn(b, directions, generator=self.gen, dtype=F64).to(self.device)
-        rate = float(self.f.zeros(self.L @ q).double().mean())
+        rate = float(self.f.zeros(q).double().mean())
         free = m - (b - 1)
         lam = max(rate * free, 1.0 / directions)
         return int(poisson.isf(FALSE_ACCEPT, lam)) + 1
 
-    def _subsets(self, n: int) -> torch.Tensor:
-        """n subsets of B-1 distinct rows: sorted draws plus 0, 1, ..., B-2 are strictly increasing."""
+    def guide(self, found: list[torch.Tensor], spurious: list[torch.Tensor]) -> None:
+        """Draw rows in proportion to their estimated chance of being zero in a column not found yet.
+
+        The columns' zero sets are correlated: when the examples look alike (natural images in
+        [0, 1]), many neurons are on for the whole batch and lie in no zero set, and a uniform
+        draw of B - 1 rows almost never avoids them (CIFAR-10, b = 16: about one draw in 3e6
+        finds a given column). Two kinds of evidence, each as a Laplace rate (hits + 1) / (n + 2):
+
+        * a row zero in many of the n ``found`` (realizable) columns is likely zero in the others;
+        * before any column is found: a row zero in most of the ``spurious`` directions (sparse,
+          but no input's pattern) is likely on for the whole batch. The gradient rows of neurons
+          that share an on-pattern lie in a subspace of dimension at most classes - 1
+          (dL/da = W_head^T (p - y) on them), and the directions orthogonal to it are such
+          spurious sparse vectors. Later spurious directions are mostly mixtures with the columns
+          still missing and mark those columns' rows: on CIFAR-10, b = 20, weighting by them cut
+          the last column's share of the draw weight below uniform.
+
+        The weight is the square of the rate; every row keeps a non-zero weight, so a wrong
+        estimate slows the search but never excludes a column.
+        """
+        rows = self._pool()
+        if found:
+            rate = (torch.stack(found, 1)[rows].sum(1).to(F64) + 1) / (len(found) + 2)
+        elif spurious:
+            rate = (len(spurious) - torch.stack(spurious, 1)[rows].sum(1).to(F64) + 1) / (len(spurious) + 2)
+        else:
+            return
+        self.log_weights = (2 * rate.log()).to(self.device)
+
+    def _pool(self) -> torch.Tensor:
         b = self.f.batch
-        pool = self.distinct if len(self.distinct) >= b - 1 else torch.arange(self.f.L.shape[0])
-        draws = torch.randint(len(pool) - b + 2, (n, b - 1), generator=self.gen).sort(dim=1).values
-        return pool[draws + torch.arange(b - 1)].to(self.device)
+        return self.distinct if len(self.distinct) >= b - 1 else torch.arange(self.f.L.shape[0])
+
+    def _subsets(self, n: int) -> torch.Tensor:
+        """n subsets of B-1 distinct rows, uniform (sorted draws plus 0, 1, ..., B-2 are strictly
+        increasing) or guided (weighted draws without replacement: the top B-1 Gumbel-perturbed
+        log weights)."""
+        b, pool = self.f.batch, self._pool()
+        if self.log_weights is None:
+            draws = torch.randint(len(pool) - b + 2, (n, b - 1), generator=self.gen).sort(dim=1).values
+            return pool[draws + torch.arange(b - 1)].to(self.device)
+        u = torch.rand(n, len(pool), generator=self.gen, dtype=torch.float32).to(self.device)
+        keys = self.log_weights.float() - (-u.clamp_min(1e-30).log()).log()
+        return pool.to(self.device)[keys.topk(b - 1, dim=1).indices]
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One batch of samples: accepted unit directions (B x k), their zero counts (k) and the
@@ -174,8 +229,8 @@ class DirectionSampler:
         y, info = torch.linalg.solve_ex(a[:, :, :-1], -a[:, :, -1:])
         q = torch.cat([y, torch.ones_like(y[:, :1])], dim=1).squeeze(-1)
         ok = (info == 0) & torch.isfinite(q).all(1)
-        probe = (self.L32[self.probe] @ q.T).abs()
-        ok &= (probe <= 1e-3 * probe.amax(0).clamp_min(1e-30)).sum(0) >= max(2, len(self.probe) // 8)
+        probe = (self.L32[self.probe] @ q.T).abs() / (self.probe_norms[:, None] * q.norm(dim=1)).clamp_min(1e-30)
+        ok &= (probe <= 1e-3).sum(0) >= max(2, len(self.probe) // 8)
         if not bool(ok.any()):
             self.chunk = min(2 * self.chunk, self.largest)
             return (torch.empty(b, 0, dtype=F64, device=self.device), torch.empty(0, device=self.device),
@@ -188,15 +243,14 @@ class DirectionSampler:
         q = q / q.norm(dim=0, keepdim=True)
         # (rows of L can be parallel, e.g. neurons active for one example only: singular subsets)
         usable = (info == 0) & torch.isfinite(q).all(0)
-        v = self.L @ q
-        # zeros lie at or below sqrt(floor) * max (see Factors.zeros): count those first, sort only the rest
-        usable &= (v.abs() <= math.sqrt(self.f.floor) * v.abs().amax(0)).sum(0) >= (b - 1) + self.min_extra
-        counts = self.f.zeros(v[:, usable]).sum(0)
+        # zeros lie at or below sqrt(floor) (see Factors.zeros): count those first, sort only the rest
+        usable &= (self.f.relative(q) <= math.sqrt(self.f.floor)).sum(0) >= (b - 1) + self.min_extra
+        counts = self.f.zeros(q[:, usable]).sum(0)
         keep = counts >= (b - 1) + self.min_extra
         return q[:, usable][:, keep], counts[keep], subsets[usable][keep]
 
 
-def refine(factors: Factors, q: torch.Tensor, subset: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+def refine(factors: Factors, q: torch.Tensor, subset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The direction re-fitted to its zero set, or None when it is not a column of Q.
 
     Besides the true columns, sampling meets combinations of two columns: a subset of B-2 rows
@@ -206,9 +260,9 @@ def refine(factors: Factors, q: torch.Tensor, subset: torch.Tensor) -> tuple[tor
     remaining zeros pin it down). The kept direction is the smallest right singular vector of
     L over the whole zero set, refitted until that set stops changing (a direction built from
     B - 1 rows is less accurate than one fitted to hundreds, and its zero set can be off by a
-    row); returned with its zero count.
+    row); returned with its zero set.
     """
-    zero = factors.zeros(factors.L @ q[:, None]).flatten()
+    zero = factors.zeros(q[:, None]).flatten()
     rest = zero.clone()
     rest[subset] = False
     b = factors.batch
@@ -221,13 +275,13 @@ def refine(factors: Factors, q: torch.Tensor, subset: torch.Tensor) -> tuple[tor
         # full V^T (B x B): its last row is the null direction even when few rows remain
         _, _, vt = torch.linalg.svd(factors.L[zero], full_matrices=True)
         q = vt[-1] * torch.sign(vt[-1] @ q)
-        again = factors.zeros(factors.L @ q[:, None]).flatten()
+        again = factors.zeros(q[:, None]).flatten()
         if int(again.sum()) < b - 1:
             return None  # the refit left the sparse direction: not a column
         if bool((again == zero).all()):
             break
         zero = again
-    return q, int(zero.sum())
+    return q, zero
 
 
 def realizable(f: Factors, zero: torch.Tensor, inputs_map: torch.Tensor, bias: torch.Tensor) -> bool:
@@ -243,9 +297,6 @@ def realizable(f: Factors, zero: torch.Tensor, inputs_map: torch.Tensor, bias: t
     handful), a combination violates a share of all rows. The cut between the two is the
     geometric middle between one row and all rows. ``inputs_map`` is W V (m x B).
     """
-    from scipy import sparse
-    from scipy.optimize import linprog
-
     m, batch = inputs_map.shape
     off = torch.ones(m, dtype=torch.bool, device=zero.device)
     off[f.rows] = zero
@@ -253,22 +304,63 @@ def realizable(f: Factors, zero: torch.Tensor, inputs_map: torch.Tensor, bias: t
     rows = torch.cat([inputs_map, bias[:, None]], dim=1)
     rows = (sign * rows / rows.norm(dim=1, keepdim=True).clamp_min(torch.finfo(F64).tiny)).cpu().numpy()
     slack = math.sqrt(f.floor) * math.sqrt(f.R.shape[1])
-    # variables: c (B), then one violation per row (>= 0); rows . c - violation <= slack - row bias
-    a_ub = sparse.hstack([sparse.csr_matrix(rows[:, :-1]), -sparse.identity(m, format="csr")], format="csr")
-    cost = np.concatenate([np.zeros(batch), np.ones(m)])
-    bounds = [(None, None)] * batch + [(0, None)] * m
+    allowed = math.sqrt(m)
+    # An input that violates few of the layer's rows violates few of any sample of them: a program
+    # on 8 sqrt(m) rows rejects a direction whose best input violates over 1/8 of them in a
+    # fraction of the time (unrealizable directions violate about half); survivors get the full one.
+    sample = np.random.default_rng(int(zero.sum())).choice(m, size=min(m, int(8 * allowed)), replace=False)
+    for part in (rows[np.sort(sample)], rows) if len(sample) < m else (rows,):
+        if _least_violations(part, slack) > allowed:
+            return False
+    return True
+
+
+def _least_violations(rows: np.ndarray, slack: float) -> int:
+    """Fewest rows with rows[:, :-1] . c + rows[:, -1] > slack over all c (L1 relaxation, HiGHS)."""
+    from scipy import sparse
+    from scipy.optimize import linprog
+
+    k, batch = rows.shape[0], rows.shape[1] - 1
+    # variables: c, then one violation per row (>= 0); rows . c - violation <= slack - row bias
+    a_ub = sparse.hstack([sparse.csr_matrix(rows[:, :-1]), -sparse.identity(k, format="csr")], format="csr")
+    cost = np.concatenate([np.zeros(batch), np.ones(k)])
+    bounds = [(None, None)] * batch + [(0, None)] * k
     result = linprog(cost, A_ub=a_ub, b_ub=slack - rows[:, -1], bounds=bounds, method="highs")
     if result.status != 0:
-        return False
-    violated = int((result.x[batch:] > slack).sum())
-    return violated <= math.sqrt(m)
+        return k
+    return int((result.x[batch:] > slack).sum())
 
 
-def _new_directions(q: torch.Tensor, known: list[torch.Tensor], tol: float = 1e-6) -> list[int]:
-    """Columns of ``q`` (unit vectors) pointing along no known direction nor an earlier column."""
-    fresh = torch.ones(q.shape[1], dtype=torch.bool, device=q.device)
-    if known:
-        fresh &= ((torch.stack(known, 1).T @ q).abs() < 1 - tol).all(0)
+def missing_direction(f: Factors, found: torch.Tensor, basis: torch.Tensor, inputs_map: torch.Tensor,
+                      bias: torch.Tensor) -> list[torch.Tensor]:
+    """Candidates for the last column of Q when the other B - 1 (``found``, B x B-1) are known.
+
+    X = Q^{-1} R, and the row p of Q^{-1} that gives the missing input is orthogonal to every
+    other column of Q: with B - 1 columns known, p, and so the input x = p R, is known up to a
+    scale c of either sign. For c > 0 every neuron with (W x)_i <= 0 and b_i <= 0 is off (and
+    for c < 0 those with (W x)_i >= 0 and b_i <= 0), so that set lies in the missing column's
+    zero set and its rows of L have the column as their kernel. This closes the search when the
+    last column is one uniform or guided draws rarely hit (an example unlike the others).
+    Returns one candidate per sign whose certain set has rank B - 1; ``refine`` and
+    ``realizable`` then judge them like any sampled direction.
+    """
+    b = f.batch
+    p = torch.linalg.svd(found.T, full_matrices=True).Vh[-1]  # orthogonal to the B - 1 columns
+    drive = inputs_map @ (basis.T @ (f.R.T @ p))  # W x for x = p R (inputs_map = W basis)
+    out = []
+    for sign in (1.0, -1.0):
+        off = ((sign * drive <= 0) & (bias <= 0))[f.rows]
+        if int(off.sum()) < b - 1:
+            continue
+        _, s, vt = torch.linalg.svd(f.L[off], full_matrices=True)
+        if float(s[b - 2] / s[0]) > math.sqrt(f.floor):
+            out.append(vt[-1])
+    return out
+
+
+def _new_directions(q: torch.Tensor, known: torch.Tensor, tol: float = 1e-6) -> list[int]:
+    """Columns of ``q`` (unit vectors) pointing along no ``known`` column nor an earlier column."""
+    fresh = ((known.T @ q).abs() < 1 - tol).all(0)
     out = []
     while bool(fresh.any()):
         j = int(torch.nonzero(fresh)[0])
@@ -370,10 +462,10 @@ class Spear:
             while not solution.consistent:
                 budget.check()
                 if pool.add(*sampler.draw()):
-                    for directions in pool.choices(b):
-                        solution.try_directions(directions)
-                        if solution.consistent:
-                            break
+                    _choose(pool, solution)
+                    if not solution.consistent and pool.complete(b):
+                        _choose(pool, solution)
+                    sampler.guide(*pool.tested())
         except BudgetExceeded:
             ran_out = True
         elapsed = max(time.perf_counter() - started, 1e-9)
@@ -385,15 +477,26 @@ class Spear:
         return ran_out
 
 
+def _choose(pool: _Pool, solution: _Solution) -> None:
+    for directions in pool.choices(solution.f.batch):
+        solution.try_directions(directions)
+        if solution.consistent:
+            return
+
+
 class _Pool:
     """Distinct sampled directions that passed ``refine``, with their zero counts; ``best`` picks
     the B sparsest independent ones that pass ``realizable`` (checked lazily: it is the costly test)."""
 
     def __init__(self, f: Factors, weight: torch.Tensor, bias: torch.Tensor) -> None:
         self.f, self.bias = f, bias
-        basis = torch.linalg.qr(f.R.T).Q  # n x B, orthonormal: inputs x = basis c with |c| = |x|
-        self.inputs_map = weight @ basis
+        self.basis = torch.linalg.qr(f.R.T).Q  # n x B, orthonormal: inputs x = basis c with |c| = |x|
+        self.inputs_map = weight @ self.basis
+        self.completed: set[tuple[int, ...]] = set()
         self.directions: list[torch.Tensor] = []
+        self.matrix = torch.empty(f.batch, 0, dtype=F64, device=f.L.device)
+        """The directions as columns (kept alongside: every draw is compared with all of them)."""
+        self.zero_sets: list[torch.Tensor] = []
         self.counts: list[int] = []
         self.real: dict[int, bool] = {}
         self.rejected = 0
@@ -402,23 +505,43 @@ class _Pool:
         kept = [c for i, c in enumerate(self.counts) if self.real.get(i)]
         return sum(kept) / len(kept) / len(self.f.rows) if kept else 0.5
 
-    def add(self, q: torch.Tensor, counts: torch.Tensor, subsets: torch.Tensor) -> bool:
-        """Add new directions; True when the pool changed."""
+    def add(self, q: torch.Tensor, counts: torch.Tensor, subsets: torch.Tensor | list[torch.Tensor]) -> bool:
+        """Add new directions (``subsets``: the rows each was built from); True when the pool changed."""
         changed = False
-        for j in _new_directions(q, self.directions):
+        for j in _new_directions(q, self.matrix):
             fit = refine(self.f, q[:, j], subsets[j])
             if fit is None:
                 self.rejected += 1
-            elif _new_directions(fit[0][:, None], self.directions):  # the refit may land on a known one
+            elif _new_directions(fit[0][:, None], self.matrix):  # the refit may land on a known one
                 self.directions.append(fit[0])
-                self.counts.append(fit[1])
+                self.matrix = torch.cat([self.matrix, fit[0][:, None]], dim=1)
+                self.zero_sets.append(fit[1])
+                self.counts.append(int(fit[1].sum()))
                 changed = True
         return changed
 
+    def complete(self, batch: int) -> bool:
+        """When the greedy pick has B - 1 directions (a set not tried before), add the candidates
+        ``missing_direction`` gives for the last one; True when the pool changed."""
+        pick = tuple(sorted(self._greedy(batch, banned=-1)))
+        if len(pick) != batch - 1 or pick in self.completed:
+            return False
+        self.completed.add(pick)
+        found = torch.stack([self.directions[i] for i in pick], dim=1)
+        candidates = missing_direction(self.f, found, self.basis, self.inputs_map, self.bias)
+        if not candidates:
+            return False
+        none = torch.empty(0, dtype=torch.long, device=found.device)
+        return self.add(torch.stack(candidates, dim=1), torch.empty(0), [none] * len(candidates))
+
+    def tested(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Zero sets of the directions that passed ``realizable`` and of those that failed it."""
+        return ([self.zero_sets[i] for i, real in self.real.items() if real],
+                [self.zero_sets[i] for i, real in self.real.items() if not real])
+
     def _realizable(self, i: int) -> bool:
         if i not in self.real:
-            zero = self.f.zeros(self.f.L @ self.directions[i][:, None]).flatten()
-            self.real[i] = realizable(self.f, zero, self.inputs_map, self.bias)
+            self.real[i] = realizable(self.f, self.zero_sets[i], self.inputs_map, self.bias)
             self.rejected += not self.real[i]
         return self.real[i]
 
@@ -431,9 +554,20 @@ class _Pool:
             yield [self.directions[i] for i in self._greedy(batch, banned)]
 
     def _greedy(self, batch: int, banned: int) -> list[int]:
-        """Sec. 4.2: sparsest first, kept when realizable and independent of those kept."""
+        """Sec. 4.2: sparsest first, kept when realizable and independent of those kept.
+
+        Directions with fewer than half the zeros of the least sparse column verified so far are
+        not tested: when examples are alike (tables), sampling meets thousands of combinations of
+        many columns, and each would cost a linear program. Examples switch off about half the
+        neurons each (0.38 to 0.52 measured on MNIST, CIFAR-10 and Adult), combinations of five or
+        more columns a median 0.2.
+        """
+        verified = [self.counts[i] for i, real in self.real.items() if real]
+        least = min(verified) / 2 if verified else 0
         chosen: list[int] = []
         for i in sorted(range(len(self.directions)), key=lambda k: -self.counts[k]):
+            if self.counts[i] < least:
+                break
             if i == banned or self.real.get(i) is False:
                 continue
             trial = torch.stack([self.directions[k] for k in [*chosen, i]], dim=1)
@@ -476,7 +610,7 @@ class _Solution:
             return  # a zero scale: these directions do not make a batch
         z = X @ self.W.T + self.bias  # B x m
         zero = torch.ones_like(z, dtype=torch.bool)
-        zero[:, self.f.rows] = self.f.zeros(self.f.L @ Q).T
+        zero[:, self.f.rows] = self.f.zeros(Q).T
         tol = math.sqrt(self.f.floor) * z.abs().amax(1, keepdim=True)
         ok = int((~((z < -tol) & ~zero).any(1)).sum())
         if self.X is None or ok >= self.consistent_count:
