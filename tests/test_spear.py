@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedaudit.attacks.base import Budget
-from fedaudit.attacks.spear import Spear
+from fedaudit.attacks.spear import F64, Spear, factor, missing_direction
 from fedaudit.audit.scoring import score
 from fedaudit.config import DataConfig
 from fedaudit.data import load_examples
@@ -41,6 +41,41 @@ def test_spear_recovers_a_real_mnist_batch_exactly(data_dir) -> None:
     metrics = score(rec, truth, observation.model)
     assert metrics["exact_fraction"] == 1.0 and metrics["max_abs_error"] <= 1e-4
     assert metrics["psnr"] == PSNR_CAP and metrics["ssim"] > 0.9999
+
+
+def _true_columns(observation, truth):
+    """The factors of the first layer's gradient and the unit columns of the true Q (X = Q^{-1} R)."""
+    layer = observation.model.adapter.dense_layers[0]
+    f = factor(observation.gradient(layer.weight).to(F64), float(torch.finfo(torch.float32).eps))
+    x = truth.features.reshape(truth.batch_size, -1).to(F64)
+    q = torch.linalg.lstsq(x.T, f.R.T).solution.T  # Q X = R
+    return f, q / q.norm(dim=0), layer
+
+
+def test_the_last_column_follows_from_the_other_ones(data_dir) -> None:
+    (observation, truth), = client_updates(_mnist(data_dir, "training.batch_size=8"), 1)
+    f, q, layer = _true_columns(observation, truth)
+    weight = observation.global_weights[layer.weight].to(F64)
+    bias = observation.global_weights[layer.bias].to(F64)
+    basis = torch.linalg.qr(f.R.T).Q
+    for missing in range(8):
+        found = torch.cat([q[:, :missing], q[:, missing + 1:]], dim=1)
+        candidates = missing_direction(f, found, basis, weight @ basis, bias)
+        assert any(abs(float(c @ q[:, missing])) > 1 - 1e-8 for c in candidates), missing
+
+
+def test_zeros_are_judged_against_each_row_not_the_largest(data_dir) -> None:
+    (observation, truth), = client_updates(_mnist(data_dir, "training.batch_size=4"), 1)
+    f, q, _ = _true_columns(observation, truth)
+    true_zeros = f.zeros(q)
+    # shrinking half the rows 1e5-fold (neurons with a tiny gradient) changes no zero set, and
+    # random directions are not zero on the shrunken rows (only by chance, on under 1%)
+    f.L = f.L.clone()
+    f.L[::2] *= 1e-5
+    f.__dict__.pop("row_norms", None)
+    assert torch.equal(f.zeros(q), true_zeros)
+    random = torch.randn(4, 16, generator=torch.Generator().manual_seed(0), dtype=F64)
+    assert f.zeros(random)[::2].double().mean() < 0.01
 
 
 def test_spear_recovers_a_real_adult_batch(data_dir) -> None:

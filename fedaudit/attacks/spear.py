@@ -20,8 +20,12 @@ loss gives G = dL/dW = D X with D = (dL/dZ)^T (m x B), and g = dL/db = D 1. Then
 
 Success needs all B - 1 sampled rows inside one column's zero set, probability about
 rho^(B-1) per column for zero fraction rho: the cost is exponential in B (about 2^B samples at
-rho = 1/2). Before sampling, the expected cost goes into the diagnostics; with a budget, a
-``partial`` result says how many of the B directions were found.
+rho = 1/2), and far worse when examples look alike and many neurons are on for all of them.
+Two additions of ours (not in the paper) cut it: once columns are found, rows are drawn in
+proportion to their estimated chance of being zero in the others (``DirectionSampler.guide``),
+and with B - 1 columns found the last input is known up to scale, which pins down neurons it
+surely switches off (``missing_direction``). Before sampling, the uniform cost goes into the
+diagnostics; with a budget, a ``partial`` result says how many of the B directions were found.
 
 What the attack checks before saying ``exact``: every neuron a recovered input switches off,
 pushed through the layer's known weights, has a zero entry in that input's gradient column (a
@@ -426,7 +430,7 @@ class Spear:
                     activation_patterns_consistent=solution.consistent_count)
         if solution.X is None:
             why = (f"found {solution.found} of the {b} directions before the budget ran out "
-                   f"({diag['samples']} subsets sampled; about {diag['expected_samples']:.3g} needed)") if ran_out \
+                   f"({diag['samples']} subsets sampled; uniform draws would need about {diag['uniform_samples_needed']:.3g})") if ran_out \
                 else "no direction passed the sparsity filter"
             return Reconstruction("partial" if ran_out else "failed", why, diagnostics=diag)
         X = solution.X.cpu()
@@ -449,7 +453,7 @@ class Spear:
         budget ran out first."""
         b = f.batch
         if b == 1:
-            diag.update(samples=0, expected_samples=1.0, min_extra_zeros=0)
+            diag.update(samples=0, uniform_samples_needed=1.0, min_extra_zeros=0)
             solution.try_directions([torch.ones(1, dtype=F64, device=self.device)])
             return False
         gen = torch.Generator().manual_seed(self.seed)
@@ -472,8 +476,8 @@ class Spear:
         rho = pool.zero_fraction()
         need = expected_samples(len(f.rows), b, rho)
         diag.update(samples=sampler.samples, samples_per_second=sampler.samples / elapsed, zero_fraction=rho,
-                    combinations_rejected=pool.rejected, expected_samples=need,
-                    estimated_seconds=need / max(sampler.samples / elapsed, 1e-9))
+                    combinations_rejected=pool.rejected, uniform_samples_needed=need,
+                    uniform_seconds_needed=need / max(sampler.samples / elapsed, 1e-9))
         return ran_out
 
 
@@ -485,7 +489,7 @@ def _choose(pool: _Pool, solution: _Solution) -> None:
 
 
 class _Pool:
-    """Distinct sampled directions that passed ``refine``, with their zero counts; ``best`` picks
+    """Distinct sampled directions that passed ``refine``, with their zero sets; ``choices`` picks
     the B sparsest independent ones that pass ``realizable`` (checked lazily: it is the costly test)."""
 
     def __init__(self, f: Factors, weight: torch.Tensor, bias: torch.Tensor) -> None:
