@@ -99,6 +99,38 @@ class SpearOptions(_Section):
     inputs), 1 = the next (its inputs are features), ..."""
 
 
+class DLGOptions(_Section):
+    """``audit.dlg`` (and ``audit.idlg``): L-BFGS as in DLG's reference code."""
+
+    steps: int = Field(default=300, ge=1)
+    """L-BFGS steps per restart, each up to 20 iterations with a strong Wolfe line search."""
+    restarts: int = Field(default=1, ge=1)
+    """Independent starts; the one with the lowest gradient distance is kept."""
+    lr: float = Field(default=1.0, gt=0.0)
+    seed: int = 0
+
+
+class IDLGOptions(DLGOptions):
+    """``audit.idlg``: as ``audit.dlg``; the labels come from the head's gradient."""
+
+
+class IGOptions(_Section):
+    """``audit.ig``: Inverting Gradients (signed Adam, step decay at 3/8, 5/8, 7/8 of the steps)."""
+
+    steps: int = Field(default=2000, ge=1)
+    """Adam steps per restart (the paper runs 24,000 on CIFAR-10 with a GPU)."""
+    restarts: int = Field(default=2, ge=1)
+    lr: float = Field(default=0.01, gt=0.0)
+    """In [0, 1] pixel units. The paper's 0.1 is in normalized units (CIFAR-10 std ~0.25), about
+    0.025 here; 0.01 did better on the LeNets here (benchmarks/results/optimization.md)."""
+    tv: float = Field(default=0.0, ge=0.0)
+    """Weight of the total-variation prior on images (ignored for table rows). The paper uses
+    1e-4 (CIFAR-10) to 1e-1 (ImageNet) on ResNets, where the gradient leaves the image
+    under-determined; on a LeNet with one image the cosine distance reaches ~1e-12 and any
+    weight above that biases the result (tv = 1e-6 cost 12 dB on CIFAR-10), hence 0."""
+    seed: int = 0
+
+
 class AuditConfig(_Section):
     attacks: list[str] = Field(default_factory=lambda: ["embedding-rows", "labels"])
     ground_truth: bool = True
@@ -106,6 +138,9 @@ class AuditConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where attacks compute: "auto" takes CUDA when present."""
     spear: SpearOptions = Field(default_factory=SpearOptions)
+    dlg: DLGOptions = Field(default_factory=DLGOptions)
+    idlg: IDLGOptions = Field(default_factory=IDLGOptions)
+    ig: IGOptions = Field(default_factory=IGOptions)
 
     def options(self, name: str) -> dict[str, Any]:
         """The constructor options of attack ``name`` (its table in this section, if any)."""

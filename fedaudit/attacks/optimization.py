@@ -1,23 +1,29 @@
 """Optimization attacks: find inputs whose gradient matches the one the client sent.
 
-* DLG (Zhu, Liu, Han, "Deep Leakage from Gradients", NeurIPS 2019): dummy inputs and soft
-  dummy labels, L-BFGS on the squared distance between the dummy and the observed gradients.
-* iDLG (Zhao, Mopuri, Bilen, 2020): the label of a single example first, from the sign of the
-  classification head's gradient (the ``labels`` attack), then DLG on the inputs only.
-* Inverting Gradients (Geiping, Bauermeister, Dröge, Moeller, NeurIPS 2020): cosine distance
-  between the gradients plus total variation of the images, Adam, several restarts; the restart
-  with the lowest gradient distance is kept (never the truth: the attack does not see it).
+* DLG (Zhu, Liu, Han, "Deep Leakage from Gradients", NeurIPS 2019): dummy inputs x' and soft
+  dummy labels y', L-BFGS on the squared gradient distance ||dL(x', y')/dW - dL/dW||^2 (eq. 4
+  of the paper, Algorithm 1).
+* iDLG (Zhao, Mopuri, Bilen, "iDLG: Improved Deep Leakage from Gradients", 2020): the label of a
+  single example first, from the sign of the classification head's gradient (Sec. 3; the
+  ``labels`` attack), then DLG on the inputs alone.
+* Inverting Gradients (Geiping, Bauermeister, Dröge, Moeller, NeurIPS 2020): labels as in iDLG,
+  then 1 - cos(dL(x')/dW, dL/dW) + tv TV(x') (eq. 4), Adam on the sign of the input gradient,
+  step decay of the learning rate, x' kept in the image box [0, 1], several restarts of which
+  the one with the lowest gradient distance is kept (never the truth: attacks do not see it).
+  The TV weight defaults to 0 here: see ``fedaudit.config.IGOptions``.
 
-They work on image and table models with FedSGD (one gradient); nothing proves a match is the
-client's data, so the status is ``partial`` and the diagnostics give the final gradient distance,
-the steps taken and the seconds spent. Inputs are optimized in [0, 1] (images) through a sigmoid
-of free parameters, or freely (standardized table rows).
+What the server knows: the global model, the gradient and the batch size (Flower's
+``num-examples``). Nothing proves a match is the client's data, so the status is ``partial``;
+the diagnostics give the final gradient distance, the steps and gradient evaluations spent and
+the seconds. All three need one exact gradient (FedSGD) and optimize in float64.
 """
 
 from __future__ import annotations
 
+import copy
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,16 +35,127 @@ if TYPE_CHECKING:
     from fedaudit.audit.observation import Observation
 
 F64 = torch.float64
+LBFGS_ITERATIONS = 20
+"""Iterations per L-BFGS step: torch's default ``max_iter``, which DLG's reference code keeps
+(each of its 300 "iterations" is one ``optimizer.step``)."""
+
+
+# ---------------------------------------------------------------- objectives
+
+def squared_distance(grads: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
+    """DLG, eq. 4: sum over parameters of ||g' - g||^2."""
+    return sum(((g - t) ** 2).sum() for g, t in zip(grads, target))
+
+
+def cosine_distance(grads: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
+    """Inverting Gradients, eq. 4: 1 - <g', g> / (||g'|| ||g||) over all parameters at once."""
+    dot = sum((g * t).sum() for g, t in zip(grads, target))
+    norms = torch.sqrt(sum((g * g).sum() for g in grads)) * torch.sqrt(sum((t * t).sum() for t in target))
+    return 1 - dot / norms.clamp_min(torch.finfo(norms.dtype).tiny)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference of neighbouring pixels (images N x C x H x W)."""
+    """Mean absolute difference of neighbouring pixels (images N x C x H x W), as in Inverting Gradients."""
     return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 
+def soft_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy against class indices (long) or soft labels given as logits (DLG eq. 3)."""
+    if labels.dtype == torch.long:
+        return F.cross_entropy(logits, labels)
+    return -(torch.softmax(labels, -1) * torch.log_softmax(logits, -1)).sum(-1).mean()
+
+
+# ---------------------------------------------------------------- optimizers
+
+@dataclass
+class Fit:
+    """How one optimization run ended."""
+
+    distance: float
+    steps: int
+    evaluations: int
+    ran_out: bool = False
+    memory_resets: int = 0
+
+
+def lbfgs_fit(variables: list[torch.Tensor], objective: Callable[[], torch.Tensor], steps: int, budget: Budget,
+              lr: float = 1.0) -> Fit:
+    """Minimize ``objective()`` over ``variables``: ``steps`` L-BFGS steps of up to
+    ``LBFGS_ITERATIONS`` iterations with a strong Wolfe line search.
+
+    torch's stopping tolerances are absolute (gradient entries below 1e-7, changes below 1e-9):
+    a gradient distance that starts near 1e-6, as on a sigmoid network with small weights, ends
+    the search at once, so they are off. A step that does not lower the objective instead clears
+    the curvature memory (stale pairs can give a direction that is not a descent direction, and
+    torch then repeats it forever); a second such step in a row ends the search.
+    """
+    evaluations = 0
+
+    def closure() -> torch.Tensor:
+        nonlocal evaluations
+        evaluations += 1
+        optimizer.zero_grad()
+        loss = objective()
+        loss.backward(inputs=variables)
+        return loss
+
+    def fresh() -> torch.optim.LBFGS:
+        return torch.optim.LBFGS(variables, lr=lr, max_iter=LBFGS_ITERATIONS, history_size=100,
+                                 line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
+
+    optimizer, previous, stalled, resets, done, ran_out = fresh(), float("inf"), False, 0, 0, False
+    try:
+        for done in range(1, steps + 1):
+            budget.check()
+            value = float(optimizer.step(closure).detach())  # the objective where this step started
+            if not value < previous:  # the last step made no progress (or the value is NaN)
+                if stalled or value != value:
+                    break
+                optimizer, stalled, resets = fresh(), True, resets + 1
+            else:
+                stalled = False
+            previous = value
+    except BudgetExceeded:
+        ran_out = True
+    with torch.enable_grad():
+        distance = float(objective().detach())
+    return Fit(distance, done, evaluations, ran_out, resets)
+
+
+def signed_adam_fit(x: torch.Tensor, objective: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                    steps: int, budget: Budget, lr: float, box: tuple[float, float] | None) -> Fit:
+    """Inverting Gradients' optimizer: Adam on sign(d objective / dx), the learning rate divided by
+    10 at 3/8, 5/8 and 7/8 of the steps, and x projected into ``box`` after every step.
+    ``objective(x)`` returns (loss to minimize, gradient distance to report)."""
+    optimizer = torch.optim.Adam([x], lr=lr)
+    milestones = [int(steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    done, ran_out = 0, False
+    try:
+        for done in range(1, steps + 1):
+            budget.check()
+            optimizer.zero_grad()
+            loss, _ = objective(x)
+            loss.backward(inputs=[x])
+            x.grad.sign_()
+            optimizer.step()
+            scheduler.step()
+            if box is not None:
+                with torch.no_grad():
+                    x.clamp_(*box)
+    except BudgetExceeded:
+        ran_out = True
+    with torch.enable_grad():
+        distance = float(objective(x)[1].detach())
+    return Fit(distance, done, done + 1, ran_out)
+
+
+# ---------------------------------------------------------------- image and table attacks
+
 class _GradientMatching:
-    """Shared set-up: the global model, the observed gradients of its trainable parameters, and
-    the dummy gradient of candidate inputs (with labels as soft distributions or fixed classes)."""
+    """Shared set-up: a float64 copy of the global model, the observed gradients of its trainable
+    parameters, the dummy gradient of candidate inputs, and restarts keeping the lowest distance."""
 
     name: ClassVar[str]
 
@@ -54,88 +171,104 @@ class _GradientMatching:
                            "local steps of FedAvg")
         return True, ""
 
-    def _setup(self, observation: Observation) -> tuple[torch.nn.Module, list[str], list[torch.Tensor]]:
-        model = observation.global_model().to(self.device, F64)
-        names = [n for n, p in model.named_parameters() if p.requires_grad and n in observation.update]
-        target = [observation.gradient(n).to(self.device, F64) for n in names]
-        return model, names, target
+    def _setup(self, observation: Observation) -> tuple[torch.nn.Module, list[torch.Tensor], list[torch.Tensor]]:
+        # A copy: the shared model keeps its dtype for the attacks that run after this one.
+        model = copy.deepcopy(observation.global_model()).to(self.device, F64)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and n in observation.update]
+        target = [observation.gradient(n).to(self.device, F64) for n, _ in named]
+        return model, [p for _, p in named], target
 
     @staticmethod
-    def _dummy_gradient(model: torch.nn.Module, names: list[str], x: torch.Tensor,
+    def _dummy_gradient(model: torch.nn.Module, params: list[torch.Tensor], x: torch.Tensor,
                         labels: torch.Tensor) -> list[torch.Tensor]:
-        """Gradient of the mean cross-entropy at ``x``; ``labels`` are class indices or soft rows."""
-        params = dict(model.named_parameters())
-        logits = model(x)
-        if labels.dtype == torch.long:
-            loss = F.cross_entropy(logits, labels)
-        else:
-            loss = -(torch.softmax(labels, -1) * torch.log_softmax(logits, -1)).sum(-1).mean()
-        return list(torch.autograd.grad(loss, [params[n] for n in names], create_graph=True))
+        """dL(x', y')/dW with the graph kept, so a distance to the target can be differentiated in x'."""
+        return list(torch.autograd.grad(soft_cross_entropy(model(x), labels), params, create_graph=True))
 
-    def _inputs(self, observation: Observation, raw: torch.Tensor) -> torch.Tensor:
-        """Images live in [0, 1]: a sigmoid of free parameters; table rows are free."""
-        return torch.sigmoid(raw) if observation.model.table_schema is None else raw
+    @staticmethod
+    def _is_image(observation: Observation) -> bool:
+        return observation.model.table_schema is None and len(observation.model.input_shape) == 3
 
-    def _finish(self, observation: Observation, x: torch.Tensor, labels: list[int], distance: float,
-                steps: int, ran_out: bool, started: float, extra: dict[str, Any]) -> Reconstruction:
-        diag = {"gradient_distance": distance, "steps": steps, "seconds": time.perf_counter() - started, **extra}
-        reason = (f"optimization reached gradient distance {distance:.3g} after {steps} steps"
-                  f"{' (time budget)' if ran_out else ''}; a match is not a proof")
+    def _recovered_labels(self, observation: Observation, budget: Budget,
+                          extra: dict[str, Any]) -> list[int] | None:
+        """Labels from the head's gradient (iDLG's rule at b = 1, counts for batches), or None."""
+        recovery = LabelRecovery()
+        ok, why = recovery.applicable(observation)
+        if not ok:
+            extra["labels_reason"] = why
+            return None
+        found = recovery.run(observation, budget)
+        extra.update(labels_status=found.status, labels_reason=found.reason)
+        if found.labels is None or len(found.labels) != observation.protocol.num_examples:
+            return None
+        return list(found.labels)
+
+    def _best_of_restarts(self, observation: Observation, one: Callable[[torch.Generator, torch.Tensor], tuple[Fit, list[int]]],
+                          started: float, extra: dict[str, Any]) -> Reconstruction:
+        """Run ``one(generator, x0)`` from x0 ~ N(0, 1) (DLG's ``torch.randn`` dummy data) once per
+        restart, seeded; keep the run with the lowest gradient distance."""
+        shape = (observation.protocol.num_examples, *observation.model.input_shape)
+        best: tuple[Fit, torch.Tensor, list[int]] | None = None
+        steps = evaluations = resets = restart = 0
+        for restart in range(1, self.restarts + 1):
+            gen = torch.Generator().manual_seed(self.seed + 1_000_003 * (restart - 1))
+            x = torch.randn(shape, generator=gen, dtype=F64).to(self.device).requires_grad_(True)
+            fit, labels = one(gen, x)
+            steps, evaluations, resets = steps + fit.steps, evaluations + fit.evaluations, resets + fit.memory_resets
+            if best is None or fit.distance < best[0].distance:
+                best = (fit, x.detach().clone(), labels)
+            if fit.ran_out:
+                break
+        fit, x, labels = best
+        if self._is_image(observation):
+            x = x.clamp(0.0, 1.0)  # images live in [0, 1]: public knowledge of the input format
+        diag = {"gradient_distance": fit.distance, "steps": steps, "steps_budget": self.steps * self.restarts,
+                "gradient_evaluations": evaluations, "restarts": restart, "seconds": time.perf_counter() - started,
+                **({"lbfgs_memory_resets": resets} if resets else {}), **extra}
+        reason = (f"optimization reached gradient distance {fit.distance:.3g} after {steps} steps"
+                  f"{' (time budget)' if fit.ran_out else ''}; a match is not a proof")
         return Reconstruction("partial", reason, inputs=x.detach().cpu().float(), labels=labels, diagnostics=diag)
 
 
 class DLG(_GradientMatching):
-    """DLG: L-BFGS on dummy inputs and soft labels, squared gradient distance (eq. 4 of the paper)."""
+    """DLG: L-BFGS on dummy inputs and soft labels, squared gradient distance (eq. 4; Algorithm 1)."""
 
     name = "dlg"
+    learns_labels: ClassVar[bool] = True
+    """DLG optimizes soft labels with the inputs; iDLG reads them from the head's gradient first."""
+
+    def __init__(self, device: str = "auto", steps: int = 300, restarts: int = 1, seed: int = 0,
+                 lr: float = 1.0) -> None:
+        super().__init__(device, steps, restarts, seed)
+        self.lr = lr
 
     def run(self, observation: Observation, budget: Budget) -> Reconstruction:
         started = time.perf_counter()
-        model, names, target = self._setup(observation)
-        b = observation.protocol.num_examples
-        classes = int(observation.update[observation.model.adapter.head_weight].shape[0])
-        gen = torch.Generator().manual_seed(self.seed)
-        raw = torch.randn(b, *observation.model.input_shape, generator=gen, dtype=F64).to(self.device)
-        raw.requires_grad_(True)
         extra: dict[str, Any] = {}
-        known = self._known_labels(observation, budget, extra)
-        if known is not None:
-            labels = torch.tensor(known, device=self.device)
-            variables = [raw]
-        else:
-            labels = torch.randn(b, classes, generator=gen, dtype=F64).to(self.device).requires_grad_(True)
-            variables = [raw, labels]
-        optimizer = torch.optim.LBFGS(variables, lr=1.0, max_iter=1, history_size=100, line_search_fn="strong_wolfe")
-        distance, steps, ran_out = float("inf"), 0, False
+        known = None if self.learns_labels else self._recovered_labels(observation, budget, extra)
+        if known is None and not self.learns_labels:
+            return Reconstruction("failed", f"{self.name} needs the labels: {extra.get('labels_reason', '')}",
+                                  diagnostics={"seconds": time.perf_counter() - started, **extra})
+        model, params, target = self._setup(observation)
+        classes = int(observation.update[observation.model.adapter.head_weight].shape[0])
 
-        def closure() -> torch.Tensor:
-            optimizer.zero_grad()
-            grads = self._dummy_gradient(model, names, self._inputs(observation, raw), labels)
-            loss = sum(((g - t) ** 2).sum() for g, t in zip(grads, target))
-            loss.backward()
-            return loss
+        def one(gen: torch.Generator, x: torch.Tensor) -> tuple[Fit, list[int]]:
+            if known is not None:
+                labels, variables = torch.tensor(known, device=self.device), [x]
+            else:  # soft labels: free logits, a softmax inside the loss
+                labels = torch.randn(x.shape[0], classes, generator=gen, dtype=F64).to(self.device)
+                variables = [x, labels.requires_grad_(True)]
+            fit = lbfgs_fit(variables, lambda: squared_distance(self._dummy_gradient(model, params, x, labels), target),
+                            self.steps, budget, self.lr)
+            return fit, known if known is not None else labels.argmax(-1).tolist()
 
-        try:
-            for steps in range(1, self.steps + 1):
-                budget.check()
-                distance = float(optimizer.step(closure).detach())
-                if distance <= torch.finfo(F64).eps:
-                    break
-        except BudgetExceeded:
-            ran_out = True
-        final = known if known is not None else labels.argmax(-1).tolist()
-        return self._finish(observation, self._inputs(observation, raw), final, distance, steps, ran_out, started,
-                            extra)
-
-    def _known_labels(self, observation: Observation, budget: Budget, extra: dict[str, Any]) -> list[int] | None:
-        """DLG learns the labels with the inputs (soft labels)."""
-        return None
+        return self._best_of_restarts(observation, one, started, extra)
 
 
 class IDLG(DLG):
     """iDLG: the label from the head's gradient (``labels`` attack), then DLG on the inputs alone."""
 
     name = "idlg"
+    learns_labels = False
 
     def applicable(self, observation: Observation) -> tuple[bool, str]:
         ok, why = super().applicable(observation)
@@ -143,60 +276,40 @@ class IDLG(DLG):
             return ok, why
         return LabelRecovery().applicable(observation)
 
-    def _known_labels(self, observation: Observation, budget: Budget, extra: dict[str, Any]) -> list[int] | None:
-        found = LabelRecovery().run(observation, budget)
-        extra.update(labels_status=found.status, labels_reason=found.reason)
-        return list(found.labels)
-
 
 class InvertingGradients(_GradientMatching):
-    """Inverting Gradients: 1 - cosine similarity of the whole gradients + alpha * TV, Adam, restarts."""
+    """Inverting Gradients: 1 - cosine similarity of the whole gradients + tv * TV (eq. 4), signed
+    Adam with step decay, boxed images, restarts scored by the gradient distance alone."""
 
     name = "ig"
 
     def __init__(self, device: str = "auto", steps: int = 2000, restarts: int = 2, seed: int = 0,
-                 tv: float = 1e-2, lr: float = 0.1) -> None:
+                 tv: float = 0.0, lr: float = 0.01) -> None:
         super().__init__(device, steps, restarts, seed)
         self.tv, self.lr = tv, lr
 
     def run(self, observation: Observation, budget: Budget) -> Reconstruction:
         started = time.perf_counter()
-        model, names, target = self._setup(observation)
-        b = observation.protocol.num_examples
         extra: dict[str, Any] = {}
-        found = LabelRecovery().run(observation, budget) if LabelRecovery().applicable(observation)[0] else None
-        if found is None or found.labels is None or len(found.labels) != b:
-            return Reconstruction("failed", "the labels could not be recovered from the head's gradient, and IG "
-                                  "needs them", diagnostics={"seconds": time.perf_counter() - started})
-        labels = torch.tensor(found.labels, device=self.device)
-        extra.update(labels_status=found.status)
-        target_norm = torch.sqrt(sum((t * t).sum() for t in target))
-        images = observation.model.table_schema is None and len(observation.model.input_shape) == 3
-        best: tuple[float, torch.Tensor] | None = None
-        steps, ran_out, distance = 0, False, float("inf")
-        gen = torch.Generator().manual_seed(self.seed)
-        try:
-            for _ in range(self.restarts):
-                raw = torch.randn(b, *observation.model.input_shape, generator=gen, dtype=F64).to(self.device)
-                raw.requires_grad_(True)
-                optimizer = torch.optim.Adam([raw], lr=self.lr)
-                for steps in range(1, self.steps + 1):
-                    budget.check()
-                    optimizer.zero_grad()
-                    x = self._inputs(observation, raw)
-                    grads = self._dummy_gradient(model, names, x, labels)
-                    dot = sum((g * t).sum() for g, t in zip(grads, target))
-                    norm = torch.sqrt(sum((g * g).sum() for g in grads))
-                    loss = 1 - dot / (norm * target_norm).clamp_min(torch.finfo(F64).tiny)
-                    distance = float(loss)
-                    if images:
-                        loss = loss + self.tv * total_variation(x)
-                    loss.backward()
-                    optimizer.step()
-                if best is None or distance < best[0]:
-                    best = (distance, self._inputs(observation, raw).detach())
-        except BudgetExceeded:
-            ran_out = True
-            if best is None:
-                best = (distance, self._inputs(observation, raw).detach())
-        return self._finish(observation, best[1], labels.tolist(), best[0], steps, ran_out, started, extra)
+        known = self._recovered_labels(observation, budget, extra)
+        if known is None:
+            return Reconstruction("failed", "IG needs the labels and the head's gradient does not give them: "
+                                  f"{extra.get('labels_reason', '')}",
+                                  diagnostics={"seconds": time.perf_counter() - started, **extra})
+        model, params, target = self._setup(observation)
+        labels = torch.tensor(known, device=self.device)
+        image = self._is_image(observation)
+        box = (0.0, 1.0) if image else None
+
+        def objective(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            distance = cosine_distance(self._dummy_gradient(model, params, x, labels), target)
+            return (distance + self.tv * total_variation(x) if image else distance), distance
+
+        def one(gen: torch.Generator, x: torch.Tensor) -> tuple[Fit, list[int]]:
+            if box is not None:  # the N(0, 1) start of the reference code, clipped into the box
+                with torch.no_grad():
+                    x.clamp_(*box)
+            return signed_adam_fit(x, objective, self.steps, budget, self.lr, box), known
+
+        return self._best_of_restarts(observation, one, started, extra)
+
