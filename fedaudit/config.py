@@ -131,6 +131,18 @@ class IGOptions(_Section):
     seed: int = 0
 
 
+class TagOptions(_Section):
+    """``audit.tag``: TAG on text (Adam on dummy token embeddings and soft labels)."""
+
+    steps: int = Field(default=2000, ge=1)
+    """Adam steps (LAMP's re-implementation of TAG runs 2,500); the time budget usually ends it first."""
+    lr: float = Field(default=0.25, gt=0.0)
+    """Adam learning rate in units of the embedding matrix's standard deviation."""
+    alpha: float = Field(default=0.01, ge=0.0)
+    """Weight of the L1 term of the gradient distance (L2 + alpha * L1; 0.01 as in LAMP's TAG runs)."""
+    seed: int = 0
+
+
 class AuditConfig(_Section):
     attacks: list[str] = Field(default_factory=lambda: ["embedding-rows", "labels"])
     ground_truth: bool = True
@@ -141,6 +153,7 @@ class AuditConfig(_Section):
     dlg: DLGOptions = Field(default_factory=DLGOptions)
     idlg: IDLGOptions = Field(default_factory=IDLGOptions)
     ig: IGOptions = Field(default_factory=IGOptions)
+    tag: TagOptions = Field(default_factory=TagOptions)
 
     def options(self, name: str) -> dict[str, Any]:
         """The constructor options of attack ``name`` (its table in this section, if any)."""

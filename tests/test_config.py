@@ -46,7 +46,7 @@ def test_a_file_states_only_what_differs(tmp_path: Path) -> None:
     (["training.batch_size=0"], "training.batch_size = 0: Input should be greater than or equal to 1"),
     (["training.mode=sgd"], "training.mode = 'sgd': Input should be 'fedsgd' or 'fedavg'"),
     (["federation.partition=skewed"], "federation.partition = 'skewed': Input should be 'iid' or 'dirichlet'"),
-    (["audit.attacks=['dager-x']"], "audit.attacks = ['dager-x']: unknown attack 'dager-x'; allowed: dager, dlg, embedding-rows, idlg, ig, labels, spear"),
+    (["audit.attacks=['dager-x']"], "audit.attacks = ['dager-x']: unknown attack 'dager-x'; allowed: dager, dlg, embedding-rows, idlg, ig, labels, spear, tag"),
     (["nonsense"], "--set 'nonsense': expected KEY=VALUE"),
     (["training.mode=fedavg", "training.mini_batch_size=16"], "training.mini_batch_size = 16: must be <="),
 ])

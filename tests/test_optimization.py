@@ -1,5 +1,5 @@
-"""DLG, iDLG and Inverting Gradients on real data (DLG's sigmoid LeNet), their option tables,
-and where they do not apply."""
+"""DLG, iDLG, Inverting Gradients and TAG on real data (DLG's sigmoid LeNet, CoLA), their option
+tables, and where they do not apply."""
 
 from __future__ import annotations
 
@@ -57,6 +57,32 @@ def test_idlg_and_ig_recover_a_real_digit() -> None:
     assert metrics["psnr"] > 30 and metrics["label_accuracy"] == 1.0
 
 
+def test_tag_returns_text_and_is_scored_with_rouge(cola_path) -> None:
+    sc = scenario(*TINY_GPT2, f"data.source={cola_path}", "training.batch_size=1")
+    (observation, truth), = client_updates(sc, 1)
+    attack = make_attack("tag", "cpu", {"steps": 200})
+    assert attack.applicable(observation) == (True, "")
+    rec = attack.run(observation, Budget(600))
+    assert rec.status == "partial" and "nearest embedding rows" in rec.reason
+    (sequence,) = rec.sequences
+    # the length is read from the position-embedding gradient, not from the truth
+    assert len(sequence) == rec.diagnostics["sequence_length"] == len(truth.sequences()[0])
+    assert rec.diagnostics["steps"] == rec.diagnostics["steps_budget"] == 200
+    metrics = score(rec, truth, observation.model)
+    assert 0.0 <= metrics["rouge1"] <= 1.0 and "rouge2" in metrics and "label_accuracy" in metrics
+
+
+def test_tag_says_where_it_does_not_apply(cola_path) -> None:
+    (image_obs, _), = client_updates(scenario(*LENET), 1)
+    ok, why = make_attack("tag", "cpu").applicable(image_obs)
+    assert not ok and "images" in why
+    llama = ["model.name=llama-random", "model.config={num_hidden_layers=1, hidden_size=64, intermediate_size=128, "
+             "num_attention_heads=2, num_key_value_heads=2}", f"data.source={cola_path}", "training.batch_size=1"]
+    (rotary_obs, _), = client_updates(scenario(*llama), 1)
+    ok, why = make_attack("tag", "cpu").applicable(rotary_obs)
+    assert not ok and "rotary" in why
+
+
 def test_optimization_attacks_say_where_they_do_not_apply(cola_path) -> None:
     (text_obs, _), = client_updates(scenario(*TINY_GPT2, f"data.source={cola_path}", "training.batch_size=2"), 1)
     ok, why = make_attack("ig", "cpu").applicable(text_obs)
@@ -67,7 +93,7 @@ def test_optimization_attacks_say_where_they_do_not_apply(cola_path) -> None:
     assert not ok and "FedAvg" in why
 
 
-@pytest.mark.parametrize("name", ["dlg", "idlg", "ig"])
+@pytest.mark.parametrize("name", ["dlg", "idlg", "ig", "tag"])
 def test_option_tables_reach_the_constructors_and_match_their_defaults(name: str) -> None:
     sc = scenario(f"audit.attacks=['{name}']", f"audit.{name}={{steps=7, seed=3}}")
     options = sc.audit.options(name)
@@ -81,6 +107,7 @@ def test_option_tables_reach_the_constructors_and_match_their_defaults(name: str
 @pytest.mark.parametrize(("override", "message"), [
     ("audit.dlg={stepz=3}", "unknown key 'audit.dlg.stepz'; allowed keys here: steps, restarts, lr, seed"),
     ("audit.ig={alpha=0.1}", "unknown key 'audit.ig.alpha'; allowed keys here: steps, restarts, lr, tv, seed"),
+    ("audit.tag={tv=0.1}", "unknown key 'audit.tag.tv'; allowed keys here: steps, lr, alpha, seed"),
     ("audit.idlg={steps=0}", "audit.idlg.steps = 0: Input should be greater than or equal to 1"),
 ])
 def test_option_tables_reject_wrong_keys_in_one_line(override: str, message: str) -> None:

@@ -9,11 +9,11 @@ from fedaudit.attacks.base import Attack, Budget, BudgetExceeded, Reconstruction
 from fedaudit.attacks.dager import Dager
 from fedaudit.attacks.embedding_rows import EmbeddingRows
 from fedaudit.attacks.labels import LabelRecovery
-from fedaudit.attacks.optimization import DLG, IDLG, InvertingGradients
+from fedaudit.attacks.optimization import DLG, IDLG, TAG, InvertingGradients
 from fedaudit.attacks.spear import Spear
 
 ATTACKS: dict[str, type] = {cls.name: cls for cls in (EmbeddingRows, LabelRecovery, Dager, Spear, DLG, IDLG,
-                                                      InvertingGradients)}
+                                                      InvertingGradients, TAG)}
 
 
 def make_attack(name: str, device: str = "auto", options: dict | None = None) -> Attack:

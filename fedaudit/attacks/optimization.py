@@ -11,11 +11,17 @@
   step decay of the learning rate, x' kept in the image box [0, 1], several restarts of which
   the one with the lowest gradient distance is kept (never the truth: attacks do not see it).
   The TV weight defaults to 0 here: see ``fedaudit.config.IGOptions``.
+* TAG (Deng et al., "TAG: Gradient Attack on Transformer-based Language Models", Findings of
+  EMNLP 2021): continuous dummy token embeddings and soft labels, Adam on
+  ||g' - g||_2^2 + alpha ||g' - g||_1 summed over the layers (Sec. 3), then every dummy embedding
+  read back as the vocabulary row closest in cosine.
 
-What the server knows: the global model, the gradient and the batch size (Flower's
-``num-examples``). Nothing proves a match is the client's data, so the status is ``partial``;
-the diagnostics give the final gradient distance, the steps and gradient evaluations spent and
-the seconds. All three need one exact gradient (FedSGD) and optimize in float64.
+What the server knows: the global model, the gradient, the batch size (Flower's
+``num-examples``) and, for text, the sequence length (the rows of the position-embedding
+gradient that are non-zero; padding positions reach no loss). Nothing proves a match is the
+client's data, so the status is ``partial``; the diagnostics give the final gradient distance,
+the steps and gradient evaluations spent and the seconds. All four need one exact gradient
+(FedSGD); images and table rows are optimized in float64, text in the model's dtype.
 """
 
 from __future__ import annotations
@@ -52,6 +58,11 @@ def cosine_distance(grads: list[torch.Tensor], target: list[torch.Tensor]) -> to
     dot = sum((g * t).sum() for g, t in zip(grads, target))
     norms = torch.sqrt(sum((g * g).sum() for g in grads)) * torch.sqrt(sum((t * t).sum() for t in target))
     return 1 - dot / norms.clamp_min(torch.finfo(norms.dtype).tiny)
+
+
+def tag_distance(grads: list[torch.Tensor], target: list[torch.Tensor], alpha: float) -> torch.Tensor:
+    """TAG, Sec. 3: sum over layers of ||g' - g||_2^2 + alpha ||g' - g||_1."""
+    return sum(((g - t) ** 2).sum() + alpha * (g - t).abs().sum() for g, t in zip(grads, target))
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -313,3 +324,90 @@ class InvertingGradients(_GradientMatching):
 
         return self._best_of_restarts(observation, one, started, extra)
 
+
+# ---------------------------------------------------------------- text
+
+class TAG:
+    """TAG: continuous dummy token embeddings and soft labels, Adam on the L2 + alpha L1 gradient
+    distance, tokens read back as the nearest embedding rows (cosine)."""
+
+    name = "tag"
+
+    def __init__(self, device: str = "auto", steps: int = 2000, lr: float = 0.25, alpha: float = 0.01,
+                 seed: int = 0) -> None:
+        self.device = resolve_device(device)
+        self.steps, self.lr, self.alpha, self.seed = steps, lr, alpha, seed
+
+    def applicable(self, observation: Observation) -> tuple[bool, str]:
+        bundle, adapter = observation.model, observation.model.adapter
+        if not bundle.is_text:
+            return False, f"TAG optimizes token embeddings; {bundle.name} reads images or table rows"
+        if bundle.task != "classification":
+            return False, "TAG as published matches a classifier's gradient with soft labels; this model is a causal LM"
+        if not observation.exact_gradient:
+            return False, (f"TAG matches one gradient; this update is {observation.protocol.local_steps} local "
+                           "steps of FedAvg")
+        positions = adapter.first_input.positions if adapter.first_input is not None else None
+        if positions is None:
+            return False, (f"the sequence length is read from the position-embedding gradient and {bundle.name} "
+                           "has no position-embedding table (rotary positions)")
+        if positions not in observation.update:
+            return False, f"the position embeddings ({positions}) are frozen, so the sequence length is unknown"
+        return True, ""
+
+    def run(self, observation: Observation, budget: Budget) -> Reconstruction:
+        started = time.perf_counter()
+        model = observation.global_model().to(self.device)
+        try:
+            return self._attack(observation, model, budget, started)
+        finally:
+            model.to("cpu")
+
+    def _attack(self, observation: Observation, model: torch.nn.Module, budget: Budget,
+                started: float) -> Reconstruction:
+        bundle, adapter = observation.model, observation.model.adapter
+        dtype = bundle.dtype
+        # The dummy embeddings bypass the lookup, so the embedding matrix's gradient is not matched.
+        named = [(n, p) for n, p in model.named_parameters()
+                 if p.requires_grad and n in observation.update and n != adapter.embedding]
+        params = [p for _, p in named]
+        target = [observation.gradient(n).to(self.device, dtype) for n, _ in named]
+        used = torch.nonzero(observation.gradient(adapter.first_input.positions).abs().amax(dim=1) > 0)
+        if used.numel() == 0:
+            return Reconstruction("failed", "the position-embedding gradient is zero, so the sequence length is unknown",
+                                  diagnostics={"seconds": time.perf_counter() - started})
+        length = int(used.max()) + 1  # positions past the longest sequence are never looked up
+        b = observation.protocol.num_examples
+        table = observation.global_weights[adapter.embedding].to(self.device, dtype)
+        classes = int(observation.update[adapter.head_weight].shape[0])
+        gen = torch.Generator().manual_seed(self.seed)
+        scale = float(table.std())  # start at the embeddings' own scale (public weights)
+        x = (scale * torch.randn(b, length, table.shape[1], generator=gen, dtype=dtype)).to(self.device)
+        soft = torch.randn(b, classes, generator=gen, dtype=dtype).to(self.device)
+        x.requires_grad_(True)
+        soft.requires_grad_(True)
+        mask = torch.ones(b, length, dtype=torch.long, device=self.device)
+        optimizer = torch.optim.Adam([x, soft], lr=self.lr * scale)
+        distance, done, ran_out = float("inf"), 0, False
+        try:
+            for done in range(1, self.steps + 1):
+                budget.check()
+                optimizer.zero_grad()
+                logits = bundle.logits_from_embeddings(x, mask)
+                grads = torch.autograd.grad(soft_cross_entropy(logits, soft), params, create_graph=True)
+                loss = tag_distance(list(grads), target, self.alpha)
+                loss.backward(inputs=[x, soft])
+                optimizer.step()
+                distance = float(loss.detach())
+        except BudgetExceeded:
+            ran_out = True
+        with torch.no_grad():
+            unit = x.detach() / x.detach().norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+            rows_unit = table / table.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+            ids = (unit @ rows_unit.T).argmax(-1).cpu()
+        diag = {"gradient_distance": distance, "steps": done, "steps_budget": self.steps, "sequence_length": length,
+                "seconds": time.perf_counter() - started, "device": str(self.device)}
+        reason = (f"optimization reached gradient distance {distance:.3g} after {done} steps"
+                  f"{' (time budget)' if ran_out else ''}; tokens are the nearest embedding rows, not a proof")
+        return Reconstruction("partial", reason, sequences=ids.tolist(), labels=soft.argmax(-1).tolist(),
+                              diagnostics=diag)

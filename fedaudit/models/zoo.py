@@ -68,6 +68,12 @@ class ModelBundle:
             return self.model(inputs["features"].to(self.dtype))
         return self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
 
+    def logits_from_embeddings(self, embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Text models: the logits for token embeddings given in place of the lookup's output
+        (B x n x d; positions are still added by the model), for attacks that optimize them (TAG).
+        A sequence classifier then scores the last position (it cannot see padding ids)."""
+        return self.model(inputs_embeds=embeddings, attention_mask=attention_mask).logits
+
     def random_inputs(self, samples: int, generator: torch.Generator, length: int = 16) -> dict[str, torch.Tensor]:
         """Data-free probe inputs (seeded): random token ids, or uniform features in [0, 1]."""
         if self.input_shape is not None:
