@@ -497,9 +497,8 @@ class _Pool:
         self.basis = torch.linalg.qr(f.R.T).Q  # n x B, orthonormal: inputs x = basis c with |c| = |x|
         self.inputs_map = weight @ self.basis
         self.completed: set[tuple[int, ...]] = set()
-        self.directions: list[torch.Tensor] = []
         self.matrix = torch.empty(f.batch, 0, dtype=F64, device=f.L.device)
-        """The directions as columns (kept alongside: every draw is compared with all of them)."""
+        """The directions as columns (every draw is compared with all of them)."""
         self.zero_sets: list[torch.Tensor] = []
         self.counts: list[int] = []
         self.real: dict[int, bool] = {}
@@ -517,7 +516,6 @@ class _Pool:
             if fit is None:
                 self.rejected += 1
             elif _new_directions(fit[0][:, None], self.matrix):  # the refit may land on a known one
-                self.directions.append(fit[0])
                 self.matrix = torch.cat([self.matrix, fit[0][:, None]], dim=1)
                 self.zero_sets.append(fit[1])
                 self.counts.append(int(fit[1].sum()))
@@ -531,7 +529,7 @@ class _Pool:
         if len(pick) != batch - 1 or pick in self.completed:
             return False
         self.completed.add(pick)
-        found = torch.stack([self.directions[i] for i in pick], dim=1)
+        found = self.matrix[:, list(pick)]
         candidates = missing_direction(self.f, found, self.basis, self.inputs_map, self.bias)
         if not candidates:
             return False
@@ -553,9 +551,9 @@ class _Pool:
         """The greedy pick, then the greedy picks without one of its members each: a combination
         of columns that passed every test can stand in for a true column and block it."""
         first = self._greedy(batch, banned=-1)
-        yield [self.directions[i] for i in first]
+        yield list(self.matrix[:, first].unbind(1))
         for banned in first:
-            yield [self.directions[i] for i in self._greedy(batch, banned)]
+            yield list(self.matrix[:, self._greedy(batch, banned)].unbind(1))
 
     def _greedy(self, batch: int, banned: int) -> list[int]:
         """Sec. 4.2: sparsest first, kept when realizable and independent of those kept.
@@ -569,12 +567,12 @@ class _Pool:
         verified = [self.counts[i] for i, real in self.real.items() if real]
         least = min(verified) / 2 if verified else 0
         chosen: list[int] = []
-        for i in sorted(range(len(self.directions)), key=lambda k: -self.counts[k]):
+        for i in sorted(range(len(self.counts)), key=lambda k: -self.counts[k]):
             if self.counts[i] < least:
                 break
             if i == banned or self.real.get(i) is False:
                 continue
-            trial = torch.stack([self.directions[k] for k in [*chosen, i]], dim=1)
+            trial = self.matrix[:, [*chosen, i]]
             s = torch.linalg.svdvals(trial)
             if float(s[-1] / s[0]) > math.sqrt(self.f.floor) and self._realizable(i):
                 chosen.append(i)
