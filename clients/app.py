@@ -20,7 +20,6 @@ from fedaudit import federation
 from fedaudit.config import Scenario, scenario_from_toml
 from fedaudit.models import ModelBundle
 from fedaudit.runconfig import scenario_from_run_config
-from fedaudit.training import local_update
 
 
 @lru_cache(maxsize=2)
@@ -40,7 +39,7 @@ def client_round(scenario: Scenario, msg: Message, partition_id: int, num_partit
     index = federation.round_examples(shard, scenario, server_round, partition_id)
     batch = federation.encode_examples(bundle, data.examples.subset(index), scenario)
     seed = (scenario.federation.seed * 1_000_003 + server_round * 1_009 + partition_id) % 2**31
-    update = local_update(bundle, batch, scenario.training, seed=seed)
+    update = federation.client_update(bundle, batch, scenario, seed=seed)
 
     content = RecordDict({
         "arrays": ArrayRecord.from_torch_state_dict(update.tensors),

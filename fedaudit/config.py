@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -81,6 +81,9 @@ class FederationConfig(_Section):
     alpha: float = Field(default=0.5, gt=0.0)
     """Dirichlet concentration (partition = "dirichlet"): smaller is more skewed."""
     seed: int = 0
+    secure_aggregation_group: int = Field(default=1, ge=1)
+    """Secure aggregation: the server sees only the sum of each group of K clients' updates
+    (consecutive partition ids; the exact sum, as SecAgg+ would deliver it). 1 = no grouping."""
 
 
 class TrainingConfig(_Section):
@@ -90,6 +93,8 @@ class TrainingConfig(_Section):
     local_epochs: int = Field(default=1, ge=1)
     mini_batch_size: int = Field(default=8, ge=1)
     lr: float = Field(default=1e-4, gt=0.0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    """Local optimizer in fedavg mode (fedsgd clients send the gradient; the server steps with SGD)."""
     max_seq_len: int = Field(default=64, ge=2)
 
 
@@ -173,6 +178,112 @@ class AuditConfig(_Section):
         return names
 
 
+class DPSGDConfig(_Section):
+    """``defenses.dp_sgd``: DP-SGD on the client with Opacus (per-example clipping, Gaussian noise).
+
+    The privacy unit is one example of the client's data for the round (``training.batch_size``
+    examples); each step samples mini-batches at rate mini_batch_size / batch_size (FedSGD: one
+    step over the whole batch, rate 1), and rounds compose, so epsilon after round t accounts
+    for t rounds of steps."""
+
+    noise_multiplier: float = Field(default=1.0, ge=0.0)
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    poisson_sampling: bool = False
+    """True: each step draws every example independently with the sampling rate (Opacus's
+    assumption for its subsampled guarantees); False: shuffled mini-batches."""
+    accountant: Literal["prv", "rdp"] = "prv"
+    delta: float = Field(default=1e-5, gt=0.0, lt=1.0)
+
+
+class CentralDPConfig(_Section):
+    """``defenses.central_dp``: Flower's central DP with fixed clipping. The server (or each
+    client, ``clipping = "client"``) clips every update to ``clipping_norm``; the server adds
+    Gaussian noise to the aggregate only. The auditor sits where a curious server does: it sees
+    each client's clipped, un-noised update."""
+
+    noise_multiplier: float = Field(default=1.0, ge=0.0)
+    clipping_norm: float = Field(default=1.0, gt=0.0)
+    clipping: Literal["server", "client"] = "server"
+
+
+class LocalDPConfig(_Section):
+    """``defenses.local_dp``: Flower's ``LocalDpMod``: each client clips its update to
+    ``clipping_norm`` and adds Gaussian noise for (epsilon, delta)-DP before sending."""
+
+    clipping_norm: float = Field(default=1.0, gt=0.0)
+    sensitivity: float = Field(default=1.0, gt=0.0)
+    epsilon: float = Field(default=1.0, gt=0.0)
+    delta: float = Field(default=1e-5, gt=0.0, lt=1.0)
+
+
+class PruneDefense(_Section):
+    """Zero the smallest-magnitude entries of every update tensor."""
+
+    fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of each tensor's entries set to zero (the top 1 - fraction by magnitude are kept)."""
+    threshold: float | None = Field(default=None, ge=0.0)
+    """Instead of a fraction: zero every entry with |value| < threshold."""
+
+
+class QuantizeDefense(_Section):
+    """Round every update tensor: fp16, or int8 with one symmetric scale per tensor (max |x| / 127)."""
+
+    format: Literal["fp16", "int8"] = "int8"
+
+
+class NoiseDefense(_Section):
+    """Add i.i.d. noise of standard deviation ``scale`` to every update entry."""
+
+    distribution: Literal["gaussian", "laplace"] = "gaussian"
+    scale: float = Field(default=0.0, ge=0.0)
+    seed: int = 0
+
+
+class ClipDefense(_Section):
+    """Scale the whole update (all tensors together) down to L2 norm ``max_norm`` if it is larger."""
+
+    max_norm: float = Field(default=1.0, gt=0.0)
+
+
+#: Update defenses a client applies to what it sends, by their key in ``[defenses]``.
+UPDATE_DEFENSES = ("prune", "quantize", "noise", "clip")
+
+
+class DefensesConfig(_Section):
+    """``[defenses]``: training-time DP (``dp_sgd``), Flower's DP settings (``central_dp``,
+    ``local_dp``) and update transforms (``prune``, ``quantize``, ``noise``, ``clip``), applied by
+    the client to its update (FedAvg: to its weight difference) in the order they are listed."""
+
+    dp_sgd: DPSGDConfig | None = None
+    central_dp: CentralDPConfig | None = None
+    local_dp: LocalDPConfig | None = None
+    prune: PruneDefense | None = None
+    quantize: QuantizeDefense | None = None
+    noise: NoiseDefense | None = None
+    clip: ClipDefense | None = None
+    order: list[str] = Field(default_factory=list)
+    """Order of the update transforms; by default the order of their tables in the scenario."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _listed_order(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "order" not in data:
+            data = {**data, "order": [k for k in data if k in UPDATE_DEFENSES and data[k] is not None]}
+        return data
+
+    @model_validator(mode="after")
+    def _order_names_the_transforms(self) -> DefensesConfig:
+        configured = [k for k in UPDATE_DEFENSES if getattr(self, k) is not None]
+        if sorted(self.order) != sorted(configured):
+            raise ValueError(f"defenses.order = {self.order!r}: must list each configured update defense once "
+                             f"({', '.join(configured) or 'none configured'})")
+        return self
+
+    def update_transforms(self) -> list[tuple[str, _Section]]:
+        """(name, settings) of each update transform, in the order they apply."""
+        return [(name, getattr(self, name)) for name in self.order]
+
+
 class OutputConfig(_Section):
     dir: str = "runs"
 
@@ -184,6 +295,7 @@ class Scenario(_Section):
     federation: FederationConfig = Field(default_factory=FederationConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    defenses: DefensesConfig = Field(default_factory=DefensesConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -194,6 +306,17 @@ class Scenario(_Section):
                 f"training.mini_batch_size = {t.mini_batch_size}: must be <= training.batch_size "
                 f"({t.batch_size}) in fedavg mode"
             )
+        if t.mode == "fedsgd" and t.optimizer != "sgd":
+            raise ValueError(f"training.optimizer = {t.optimizer!r}: only fedavg clients run a local optimizer "
+                             f"(fedsgd clients send the gradient); set training.mode = \"fedavg\"")
+        fed, d = self.federation, self.defenses
+        if fed.clients % fed.secure_aggregation_group:
+            raise ValueError(f"federation.secure_aggregation_group = {fed.secure_aggregation_group}: must divide "
+                             f"federation.clients ({fed.clients})")
+        for key in ("central_dp", "local_dp"):
+            if getattr(d, key) is not None and t.mode == "fedsgd":
+                raise ValueError(f"defenses.{key}: Flower's DP clips the weight difference a client sends, "
+                                 f"so it needs training.mode = \"fedavg\"")
         return self
 
     def to_toml(self) -> str:
@@ -209,7 +332,7 @@ def _format_error(err: ValidationError) -> str:
         allowed = ", ".join(section.model_fields) if section else ""
         return f"unknown key {loc!r}; allowed keys here: {allowed}{more}"
     msg = first["msg"].removeprefix("Value error, ")
-    if not loc:  # a cross-field check names its own keys
+    if not loc or isinstance(first["input"], dict):  # a cross-field check names its own keys
         return msg + more
     return f"{loc} = {first['input']!r}: {msg}{more}"
 
@@ -219,6 +342,9 @@ def _section_model(loc: tuple) -> type[BaseModel] | None:
     for part in loc:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
+        # an optional section (``X | None``) is the section X
+        annotation = next((a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)),
+                          annotation)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation

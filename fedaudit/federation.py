@@ -8,7 +8,7 @@ scenario through these functions, so a scenario always means the same split ever
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -18,8 +18,9 @@ from fedaudit.audit.observation import GroundTruth, Observation, Protocol
 from fedaudit.config import Scenario, scenario_from_toml
 from fedaudit.data import Examples, TextExamples, holdout_split, load_examples, partition
 from fedaudit.data.text import seeded_rng
+from fedaudit.defenses import apply_update_defenses
 from fedaudit.models import ModelBundle, build_model
-from fedaudit.training.local import Batch, encode, local_update
+from fedaudit.training.local import Batch, LocalUpdate, encode, local_update
 
 #: Largest holdout the server evaluates each round (utility is a trend, not a benchmark).
 MAX_EVAL_EXAMPLES = 256
@@ -80,25 +81,67 @@ def holdout_batch(bundle: ModelBundle, data: FederatedData, scenario: Scenario) 
     return encode_examples(bundle, data.examples.subset(index), scenario)
 
 
-def protocol_for(scenario: Scenario, num_examples: int) -> Protocol:
+def protocol_for(scenario: Scenario, num_examples: int, group_size: int = 1) -> Protocol:
     t = scenario.training
     return Protocol(mode=t.mode, lr=t.lr, local_epochs=t.local_epochs, batch_size=t.batch_size,
-                    mini_batch_size=t.mini_batch_size, max_seq_len=t.max_seq_len, num_examples=num_examples)
+                    mini_batch_size=t.mini_batch_size, max_seq_len=t.max_seq_len, num_examples=num_examples,
+                    optimizer=t.optimizer, group_size=group_size)
+
+
+def client_update(bundle: ModelBundle, batch: Batch, scenario: Scenario, seed: int) -> LocalUpdate:
+    """What a client sends: local training from the weights loaded in ``bundle``, then the update
+    defenses of ``[defenses]`` (FedAvg: applied to the weight difference, which is re-added)."""
+    start = {k: v.clone() for k, v in bundle.trainable_state().items()}
+    update = local_update(bundle, batch, scenario.training, seed=seed)
+    if not scenario.defenses.order:
+        return update
+    if update.kind == "gradient":
+        return replace(update, tensors=apply_update_defenses(update.tensors, scenario.defenses, seed))
+    delta = {k: v.double() - start[k].double() for k, v in update.tensors.items()}
+    delta = apply_update_defenses(delta, scenario.defenses, seed)
+    return replace(update, tensors={k: (start[k].double() + d).to(start[k].dtype) for k, d in delta.items()})
+
+
+def secure_sum(sent: list[dict[str, torch.Tensor]], num_examples: list[int]) -> dict[str, torch.Tensor]:
+    """What secure aggregation reveals of a group: the example-weighted mean of its members'
+    updates (SecAgg+ sums the updates pre-multiplied by num-examples; the server divides by the
+    total), computed here exactly, in float64."""
+    total = sum(num_examples)
+    return {k: sum(s[k].double() * (n / total) for s, n in zip(sent, num_examples)).to(sent[0][k].dtype)
+            for k in sent[0]}
 
 
 def observe(scenario: Scenario, server_round: int, client: str, bundle: ModelBundle,
-            global_weights: dict[str, torch.Tensor], sent: dict[str, torch.Tensor], num_examples: int) -> Observation:
-    """Turn what a client sent into the server's Observation (weights become float64 differences)."""
+            global_weights: dict[str, torch.Tensor], sent: dict[str, torch.Tensor], num_examples: int,
+            group_size: int = 1, privacy: dict[str, float] | None = None) -> Observation:
+    """Turn what a client (or a secure-aggregation group) sent into the server's Observation
+    (weights become float64 differences)."""
     if scenario.training.mode == "fedsgd":
         update = sent
     else:
         update = {k: sent[k].double() - global_weights[k].double() for k in sent}
     return Observation(round=server_round, client=client, model=bundle, global_weights=global_weights,
-                       update=update, protocol=protocol_for(scenario, num_examples))
+                       update=update, protocol=protocol_for(scenario, num_examples, group_size),
+                       privacy=privacy or {})
 
 
 def ground_truth(batch: Batch) -> GroundTruth:
     return GroundTruth(**{k: None if v is None else v.clone() for k, v in batch.tensors().items()})
+
+
+def union_truth(truths: list[GroundTruth]) -> GroundTruth:
+    """The examples of a secure-aggregation group as one batch (token ids padded to the longest)."""
+    if truths[0].input_ids is None:
+        features = None if truths[0].features is None else torch.cat([t.features for t in truths])
+        return GroundTruth(labels=torch.cat([t.labels for t in truths]), features=features)
+    width = max(t.input_ids.shape[1] for t in truths)
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+    return GroundTruth(labels=torch.cat([t.labels for t in truths]),
+                       input_ids=torch.cat([pad(t.input_ids) for t in truths]),
+                       attention_mask=torch.cat([pad(t.attention_mask) for t in truths]))
 
 
 def sample_batches(data: FederatedData, scenario: Scenario, count: int, seed: int) -> list[np.ndarray]:
@@ -106,8 +149,6 @@ def sample_batches(data: FederatedData, scenario: Scenario, count: int, seed: in
     rng = seeded_rng(seed, "attack-batches")
     size = min(scenario.training.batch_size, len(data.train))
     return [np.sort(rng.choice(data.train, size, replace=False)) for _ in range(count)]
-
-
 
 
 def sampled_updates(scenario: Scenario, data: FederatedData, public: ModelBundle, count: int,
@@ -119,6 +160,6 @@ def sampled_updates(scenario: Scenario, data: FederatedData, public: ModelBundle
     for k, index in enumerate(sample_batches(data, scenario, count, seed)):
         client.load_state(initial)
         batch = encode_examples(client, data.examples.subset(index), scenario)
-        update = local_update(client, batch, scenario.training, seed=seed * 1_000_003 + k)
+        update = client_update(client, batch, scenario, seed=seed * 1_000_003 + k)
         yield (observe(scenario, 1, f"batch-{k}", public, initial, update.tensors, update.num_examples),
                ground_truth(batch))

@@ -8,6 +8,12 @@ Hooks, in the order Flower calls them each round:
   legitimately sees) and a GroundTruth (the client's ``audit`` record, simulation only), runs the
   Auditor, strips everything but ``arrays`` and ``metrics``, then lets the inner strategy
   aggregate. In FedSGD the aggregate is a gradient, so it returns W_t - lr * aggregate.
+* Secure aggregation (``federation.secure_aggregation_group = K > 1``): replies are first
+  replaced by one per group of K consecutive partition ids, holding only the group's
+  example-weighted mean update, exactly what SecAgg+ reveals. The auditor and the inner
+  strategy see nothing else; the group's ground truth is the union of its members' examples.
+  (Flower's SecAgg+ runs only on its legacy workflow path, so the sum is computed exactly here;
+  the arithmetic the server ends up with is the same.)
 * Evaluation hooks and ``summary`` are delegated unchanged.
 """
 
@@ -29,6 +35,26 @@ from fedaudit.models import ModelBundle
 
 #: Reply records the inner strategy sees; everything else is audit-only payload.
 AGGREGATED_KEYS = ("arrays", "metrics")
+#: Privacy budget a client reports in its metrics (DP-SGD), recorded with every audit of its update.
+PRIVACY_METRICS = ("dp-epsilon", "dp-delta")
+
+
+def _metrics(msg: Message) -> MetricRecord:
+    return msg.content["metrics"]
+
+
+def _num_examples(msg: Message) -> int:
+    return int(_metrics(msg)["num-examples"])
+
+
+def _partition_id(msg: Message) -> int:
+    info = msg.content.config_records.get("client-info")
+    return int(info["partition-id"]) if info is not None else int(msg.metadata.src_node_id)
+
+
+def _truth(msg: Message) -> GroundTruth:
+    gt = msg.content["audit"].to_torch_state_dict()
+    return GroundTruth(**{k: gt[k] for k in ("labels", "input_ids", "attention_mask", "features") if k in gt})
 
 
 class AuditingStrategy(Strategy):
@@ -49,13 +75,11 @@ class AuditingStrategy(Strategy):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
         global_weights = self._global[server_round]
+        replies = [msg for msg in replies if not self._failed(server_round, msg)]
+        if self.scenario.federation.secure_aggregation_group > 1:
+            replies = self.secure_aggregate(replies)
         for msg in replies:
-            if msg.has_error():
-                self._emit({"type": "client_error", "round": server_round, "client": str(msg.metadata.src_node_id),
-                            "reason": msg.error.reason})
-                continue
             self.audit_reply(server_round, msg, global_weights)
             for key in [k for k in msg.content.keys() if k not in AGGREGATED_KEYS]:
                 del msg.content[key]
@@ -67,17 +91,51 @@ class AuditingStrategy(Strategy):
                 {k: w - lr * grads[k].to(w.dtype) for k, w in global_weights.items()})
         return arrays, metrics
 
+    def _failed(self, server_round: int, msg: Message) -> bool:
+        if msg.has_error():
+            self._emit({"type": "client_error", "round": server_round, "client": str(msg.metadata.src_node_id),
+                        "reason": msg.error.reason})
+        return msg.has_error()
+
+    def secure_aggregate(self, replies: list[Message]) -> list[Message]:
+        """One reply per secure-aggregation group: the first member's message, its arrays replaced
+        by the group's weighted mean and its metrics by the group's totals; the rest are dropped."""
+        size = self.scenario.federation.secure_aggregation_group
+        groups: dict[int, list[Message]] = {}
+        for msg in sorted(replies, key=_partition_id):
+            groups.setdefault(_partition_id(msg) // size, []).append(msg)
+        merged = []
+        for members in groups.values():
+            counts = [_num_examples(m) for m in members]
+            head = members[0].content
+            head["arrays"] = ArrayRecord.from_torch_state_dict(federation.secure_sum(
+                [m.content["arrays"].to_torch_state_dict() for m in members], counts))
+            metrics = {"num-examples": sum(counts)}
+            metrics.update({k: max(float(_metrics(m)[k]) for m in members)
+                            for k in PRIVACY_METRICS if k in _metrics(members[0])})
+            head["metrics"] = MetricRecord(metrics)
+            head["client-info"] = ConfigRecord({"partition-id": "+".join(str(_partition_id(m)) for m in members),
+                                                "group-size": len(members)})
+            if all("audit" in m.content.array_records for m in members):
+                truth = federation.union_truth([_truth(m) for m in members])
+                head["audit"] = ArrayRecord.from_torch_state_dict(
+                    {k: v for k, v in vars(truth).items() if v is not None})
+            else:
+                head.array_records.pop("audit", None)
+            merged.append(members[0])
+        return merged
+
     def audit_reply(self, server_round: int, msg: Message, global_weights: dict[str, torch.Tensor]) -> list[dict]:
         content = msg.content
         info = content.config_records.get("client-info")
         client = str(info["partition-id"]) if info is not None else str(msg.metadata.src_node_id)
-        num_examples = int(next(iter(content.metric_records.values()))["num-examples"])
+        group_size = int(info["group-size"]) if info is not None and "group-size" in info else 1
+        metrics = _metrics(msg)
+        privacy = {k.removeprefix("dp-"): float(metrics[k]) for k in PRIVACY_METRICS if k in metrics}
         observation = federation.observe(self.scenario, server_round, client, self.public_model, global_weights,
-                                         content["arrays"].to_torch_state_dict(), num_examples)
-        truth = None
-        if "audit" in content.array_records:
-            gt = content["audit"].to_torch_state_dict()
-            truth = GroundTruth(**{k: gt[k] for k in ("labels", "input_ids", "attention_mask", "features") if k in gt})
+                                         content["arrays"].to_torch_state_dict(), _num_examples(msg),
+                                         group_size=group_size, privacy=privacy)
+        truth = _truth(msg) if "audit" in content.array_records else None
         return self.auditor.audit(observation, truth)
 
     def _emit(self, record: dict[str, Any]) -> None:

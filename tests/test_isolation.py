@@ -53,7 +53,7 @@ def test_attack_entry_points_take_only_observation_and_budget() -> None:
 
 def test_observation_has_no_ground_truth_field() -> None:
     fields = set(Observation.__dataclass_fields__)
-    assert fields == {"round", "client", "model", "global_weights", "update", "protocol"}
+    assert fields == {"round", "client", "model", "global_weights", "update", "protocol", "privacy"}
 
 
 def _reachable(root: object, limit: int = 200_000) -> set[int]:

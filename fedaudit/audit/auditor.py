@@ -101,7 +101,8 @@ class Auditor:
     def _audit_one(self, attack: Attack, observation: Observation, truth: GroundTruth | None) -> dict[str, Any]:
         record: dict[str, Any] = {
             "type": "attack", "round": observation.round, "client": observation.client, "attack": attack.name,
-            "status": "", "reason": "", "metrics": {}, "seconds": 0.0, "peak_mem_mb": 0.0, "diagnostics": {},
+            "status": "", "reason": "", "metrics": {}, "seconds": 0.0, "peak_mem_mb": 0.0,
+            "diagnostics": dict(observation.privacy),  # the client's reported budget (epsilon, delta)
         }
         ok, why = attack.applicable(observation)
         if not ok:
@@ -121,7 +122,7 @@ class Auditor:
         if not isinstance(value, Reconstruction):
             record.update(status="error", reason=f"returned {type(value).__name__}, not a Reconstruction")
             return record
-        record.update(status=value.status, reason=value.reason, diagnostics=value.diagnostics)
+        record.update(status=value.status, reason=value.reason, diagnostics={**record["diagnostics"], **value.diagnostics})
         record["reconstruction"] = preview(value, observation.model)
         if truth is not None:
             try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
@@ -30,13 +30,17 @@ class Protocol:
     mini_batch_size: int
     max_seq_len: int
     num_examples: int
-    """Examples the client says it trained on this round (Flower's ``num-examples``)."""
+    """Examples behind the update (Flower's ``num-examples``; under secure aggregation, the group's total)."""
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    group_size: int = 1
+    """Clients whose updates the server sees only as one sum (secure aggregation); 1 = one client."""
 
     @property
     def local_steps(self) -> int:
+        """Local steps each client took (FedAvg: epochs times mini-batches of its share of examples)."""
         if self.mode == "fedsgd":
             return 1
-        return self.local_epochs * math.ceil(self.num_examples / self.mini_batch_size)
+        return self.local_epochs * math.ceil(self.num_examples / self.group_size / self.mini_batch_size)
 
 
 @dataclass(frozen=True)
@@ -50,15 +54,17 @@ class Observation:
     """FedSGD: the gradient the client sent. FedAvg: weights after local training minus
     ``global_weights``, in float64."""
     protocol: Protocol
+    privacy: Mapping[str, float] = field(default_factory=dict)
+    """What the client reported of its privacy budget (DP-SGD: ``epsilon`` at ``delta``)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "global_weights", MappingProxyType(dict(self.global_weights)))
-        object.__setattr__(self, "update", MappingProxyType(dict(self.update)))
+        for key in ("global_weights", "update", "privacy"):
+            object.__setattr__(self, key, MappingProxyType(dict(getattr(self, key))))
 
     @property
     def exact_gradient(self) -> bool:
-        """True when ``gradient()`` is the client's batch gradient itself, not an estimate."""
-        return self.protocol.local_steps == 1
+        """True when ``gradient()`` is the batch gradient itself, not an estimate (one SGD step)."""
+        return self.protocol.local_steps == 1 and self.protocol.optimizer == "sgd"
 
     def global_model(self) -> torch.nn.Module:
         """The public model with the round's global weights loaded, in eval mode."""
@@ -70,7 +76,8 @@ class Observation:
 
         FedAvg with plain SGD gives W_E = W_0 - lr * sum_s g_s, so -(W_E - W_0) / (lr * S) is the
         mean of the S step gradients: exact for S = 1, and for S > 1 each g_s is taken at
-        moving weights (and rows touched by any step stay non-zero).
+        moving weights (and rows touched by any step stay non-zero). With Adam the step is
+        rescaled per entry, so this is only a direction-preserving-per-entry proxy.
         """
         value = self.update[name]
         if self.protocol.mode == "fedsgd":
