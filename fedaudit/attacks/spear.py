@@ -58,6 +58,8 @@ CHUNK_BYTES = 64 * 2**20
 """Working-set bound of one batch of sampled row subsets."""
 PROBE_ROWS = 64
 """Rows a sampled direction is first tested on (cheap pre-filter before the full check)."""
+ROW_CHUNK = 32
+"""Rows of L tried as rows of Q^{-1} per turn (``row_directions``; about 20 ms of SVDs)."""
 FALSE_ACCEPT = 1e-12
 """Allowed chance, per sampled direction, that a wrong one passes the sparsity filter."""
 
@@ -335,31 +337,61 @@ def _least_violations(rows: np.ndarray, slack: float) -> int:
     return int((result.x[batch:] > slack).sum())
 
 
-def missing_direction(f: Factors, found: torch.Tensor, basis: torch.Tensor, inputs_map: torch.Tensor,
-                      bias: torch.Tensor) -> list[torch.Tensor]:
-    """Candidates for the last column of Q when the other B - 1 (``found``, B x B-1) are known.
+def _certain_kernels(f: Factors, drive: torch.Tensor, bias: torch.Tensor, exact: bool) -> list[torch.Tensor]:
+    """Kernels of the rows an input x surely switches off, for each sign of its unknown scale c.
 
-    X = Q^{-1} R, and the row p of Q^{-1} that gives the missing input is orthogonal to every
-    other column of Q: with B - 1 columns known, p, and so the input x = p R, is known up to a
-    scale c of either sign. For c > 0 every neuron with (W x)_i <= 0 and b_i <= 0 is off (and
-    for c < 0 those with (W x)_i >= 0 and b_i <= 0), so that set lies in the missing column's
-    zero set and its rows of L have the column as their kernel. This closes the search when the
-    last column is one uniform or guided draws rarely hit (an example unlike the others).
-    Returns one candidate per sign whose certain set has rank B - 1; ``refine`` and
-    ``realizable`` then judge them like any sampled direction.
+    ``drive`` is W x (m). For c > 0 every neuron with (W x)_i <= 0 and b_i <= 0 has z = c (W x)_i +
+    b_i <= 0 and is off (for c < 0 those with (W x)_i >= 0 and b_i <= 0), so those rows of L lie in
+    the input's zero set and have its column of Q as their kernel. Returns the kernel for each sign
+    whose rows have rank B - 1; with ``exact``, only where they also have rank below B (a known
+    direction: the input is one of the batch, not a mixture, whose off rows span all B dimensions).
     """
     b = f.batch
-    p = torch.linalg.svd(found.T, full_matrices=True).Vh[-1]  # orthogonal to the B - 1 columns
-    drive = inputs_map @ (basis.T @ (f.R.T @ p))  # W x for x = p R (inputs_map = W basis)
+    cut = math.sqrt(f.floor)  # a singular value at the gradient's rounding (relative), as in ``refine``
     out = []
     for sign in (1.0, -1.0):
         off = ((sign * drive <= 0) & (bias <= 0))[f.rows]
         if int(off.sum()) < b - 1:
             continue
         _, s, vt = torch.linalg.svd(f.L[off], full_matrices=True)
-        if float(s[b - 2] / s[0]) > math.sqrt(f.floor):
+        if float(s[b - 2] / s[0]) > cut and (not exact or len(s) < b or float(s[b - 1] / s[0]) <= cut):
             out.append(vt[-1])
     return out
+
+
+def missing_direction(f: Factors, found: torch.Tensor, basis: torch.Tensor, inputs_map: torch.Tensor,
+                      bias: torch.Tensor) -> list[torch.Tensor]:
+    """Candidates for the last column of Q when the other B - 1 (``found``, B x B-1) are known.
+
+    X = Q^{-1} R, and the row p of Q^{-1} that gives the missing input is orthogonal to every
+    other column of Q: with B - 1 columns known, p, and so the input x = p R, is known up to a
+    scale c of either sign, and ``_certain_kernels`` gives the column. This closes the search when
+    the last column is one uniform or guided draws rarely hit (an example unlike the others).
+    Returns one candidate per sign whose certain set has rank B - 1; ``refine`` and
+    ``realizable`` then judge them like any sampled direction.
+    """
+    p = torch.linalg.svd(found.T, full_matrices=True).Vh[-1]  # orthogonal to the B - 1 columns
+    return _certain_kernels(f, inputs_map @ (basis.T @ (f.R.T @ p)), bias, exact=False)
+
+
+def row_directions(f: Factors, basis: torch.Tensor, inputs_map: torch.Tensor, bias: torch.Tensor,
+                   rows: torch.Tensor) -> torch.Tensor:
+    """Candidate columns of Q from rows of L read as rows of Q^{-1} (B x k).
+
+    Row i of L is L_i = D_i Q^{-1} = sum_j D_ij p_j over the examples j that switch neuron i on
+    (p_j: row j of Q^{-1}). A neuron on for one example only has L_i parallel to p_j, so
+    x = L_i R is that example's input up to a scale of either sign, and ``_certain_kernels``
+    gives its column directly. Such neurons are common exactly where sampling is hard: when
+    the examples look alike (CIFAR-10), a neuron's pre-activation is mostly w.mean + b, and
+    those near the threshold are on for one or a few examples (b = 25, m = 1000: about 50 of
+    840 active neurons are on for exactly one example, which gives 14 to 19 of the 25 columns).
+    Rows of larger support give mixtures, whose certain rows span all B dimensions (rejected).
+    Candidates still go through ``refine`` and ``realizable``.
+    """
+    p = f.L[rows] / f.L[rows].norm(dim=1, keepdim=True)
+    drive = inputs_map @ (basis.T @ (f.R.T @ p.T))  # W x for x = L_i R, one column per row
+    found = [q for k in range(len(rows)) for q in _certain_kernels(f, drive[:, k], bias, exact=True)]
+    return torch.stack(found, 1) if found else torch.empty(f.batch, 0, dtype=F64, device=f.L.device)
 
 
 def _new_directions(q: torch.Tensor, known: torch.Tensor, tol: float = 1e-6) -> list[int]:
@@ -460,24 +492,36 @@ class Spear:
         sampler = DirectionSampler(f, gen, self.device)
         diag["min_extra_zeros"] = sampler.min_extra
         pool = _Pool(f, solution.W, solution.bias)
-        started = time.perf_counter()
+        # Rows of L read as rows of Q^{-1} (``row_directions``), in turns with the draws: whichever
+        # has used less time goes next, so neither costs more than twice what the other would alone.
+        seeds = list(sampler.distinct.split(ROW_CHUNK))
+        spent = [0.0, 0.0]  # seconds on row seeds, on draws
+        none = torch.empty(0, dtype=torch.long, device=self.device)
         ran_out = False
         try:
             while not solution.consistent:
                 budget.check()
-                if pool.add(*sampler.draw()):
+                turn = time.perf_counter()
+                if seeds and spent[0] <= spent[1]:
+                    q = row_directions(f, pool.basis, pool.inputs_map, pool.bias, seeds.pop(0))
+                    changed = pool.add(q, torch.empty(0), [none] * q.shape[1])
+                    spent[0] += time.perf_counter() - turn
+                else:
+                    changed = pool.add(*sampler.draw())
+                    spent[1] += time.perf_counter() - turn
+                if changed:
                     _choose(pool, solution)
                     if not solution.consistent and pool.complete(b):
                         _choose(pool, solution)
                     sampler.guide(*pool.tested())
         except BudgetExceeded:
             ran_out = True
-        elapsed = max(time.perf_counter() - started, 1e-9)
         rho = pool.zero_fraction()
         need = expected_samples(len(f.rows), b, rho)
-        diag.update(samples=sampler.samples, samples_per_second=sampler.samples / elapsed, zero_fraction=rho,
+        diag.update(samples=sampler.samples, samples_per_second=sampler.samples / max(spent[1], 1e-9),
+                    seconds_on_row_seeds=spent[0], zero_fraction=rho,
                     combinations_rejected=pool.rejected, uniform_samples_needed=need,
-                    uniform_seconds_needed=need / max(sampler.samples / elapsed, 1e-9))
+                    uniform_seconds_needed=need / max(sampler.samples / max(spent[1], 1e-9), 1e-9))
         return ran_out
 
 
