@@ -1,4 +1,4 @@
-"""fedaudit command line: ``run``, ``report`` and ``attack``.
+"""fedaudit command line: ``run``, ``report``, ``attack`` and ``sweep``.
 
 Scenario problems print one line (``fedaudit: error: ...``) and exit with status 2.
 """
@@ -145,6 +145,36 @@ def attack(
     console.print("aggregate: " + format_metrics({k: v for k, v in agg.items() if k not in ("status_counts",)}))
     if out is not None:
         console.print(f"Wrote {out}")
+
+
+@app.command()
+def sweep(
+    scenario: ScenarioArg = None,
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", help="KEY=V1,V2,... (repeatable; the product runs).")] = None,
+    set_: SetOpt = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Cells run side by side (default: one per 4 CPU cores).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Sweep directory (default: <output.dir>/sweep-<time>-<name>).")] = None,
+) -> None:
+    """Run a scenario over a grid of settings; write sweep.csv, sweep.md and sweep.png."""
+    from fedaudit import sweep as sweeping
+
+    try:
+        parsed = sweeping.parse_grid(grid or [])
+        cells = sweeping.plan(scenario, parsed, set_ or [])
+    except ConfigError as err:
+        fail(str(err))
+    workers = workers or max(1, (os.cpu_count() or 1) // 4)
+    console.print(f"Sweep: {len(cells)} cells over {', '.join(parsed)}, {workers} at a time")
+
+    def progress(result, done: int, total: int) -> None:
+        from rich.markup import escape
+
+        status = f"[magenta]failed: {escape(result.error)}[/]" if result.error else "done"
+        console.print(f"[{done}/{total}] cell {result.cell.index} ({result.cell.label}): {status} "
+                      f"({result.seconds:.0f} s)", markup=True)
+
+    path = sweeping.sweep(scenario, parsed, set_ or [], workers, out, progress)
+    console.print(f"Sweep: {path / 'sweep.md'}, {path / 'sweep.csv'}, {path / 'sweep.png'}")
 
 
 def evaluate_attack(name: str, sc: Scenario, data, public, batches: int, seed: int,

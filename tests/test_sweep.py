@@ -1,0 +1,61 @@
+"""``fedaudit sweep``: grid parsing, up-front validation, and a real two-cell sweep's outputs."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from fedaudit.config import ConfigError
+from fedaudit.sweep import parse_grid, plan
+from tests.conftest import REPO_ROOT, run_cli
+
+
+def test_grid_values_are_read_as_toml_and_split_at_top_level_commas() -> None:
+    grid = parse_grid(["defenses.dp_sgd.noise_multiplier=0,1e-4,0.1", "audit.attacks=['spear','labels'],['labels']",
+                       'defenses.quantize.format="fp16","int8"'])
+    assert grid == {"defenses.dp_sgd.noise_multiplier": [0, 1e-4, 0.1],
+                    "audit.attacks": [["spear", "labels"], ["labels"]],
+                    "defenses.quantize.format": ["fp16", "int8"]}
+    for bad in (["training.lr"], ["training.lr="], ["training.lr=1,,2"]):
+        with pytest.raises(ConfigError, match="--grid"):
+            parse_grid(bad)
+    with pytest.raises(ConfigError, match="at least one --grid"):
+        parse_grid([])
+
+
+def test_every_cell_is_validated_before_anything_runs() -> None:
+    scenario = REPO_ROOT / "simulations" / "digits_quick.toml"
+    cells = plan(scenario, parse_grid(["training.lr=0.1,0.2", "federation.rounds=1,2"]), [])
+    assert [c.settings for c in cells] == [{"training.lr": 0.1, "federation.rounds": 1},
+                                            {"training.lr": 0.1, "federation.rounds": 2},
+                                            {"training.lr": 0.2, "federation.rounds": 1},
+                                            {"training.lr": 0.2, "federation.rounds": 2}]
+    with pytest.raises(ConfigError, match=r"grid cell lr=-1: training.lr = -1"):
+        plan(scenario, parse_grid(["training.lr=0.1,-1"]), [])
+
+
+def test_a_sweep_writes_csv_markdown_and_plot(tmp_path) -> None:
+    out = tmp_path / "sweep"
+    done = run_cli("sweep", "simulations/digits_quick.toml", "--grid", "defenses.prune.fraction=0,0.9",
+                   "--set", "federation.rounds=1", "--set", "federation.clients=2",
+                   "--set", "audit.attacks=['labels']", "--out", str(out), timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with (out / "sweep.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["defenses.prune.fraction"], r["attack"]) for r in rows] == [("0", "labels"), ("0.9", "labels")]
+    for row in rows:
+        assert row["audits"] == "2" and row["rounds"] == "1" and 0 <= float(row["accuracy"]) <= 1
+        assert 0 <= float(row["label_accuracy"]) <= 1 and row["error"] == ""
+    assert float(rows[0]["label_accuracy"]) == 1.0  # an unpruned FedSGD head gives every label away
+    md = (out / "sweep.md").read_text()
+    assert "| defenses.prune.fraction | attack |" in md and md.count("| labels |") == 2
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "cell 1 (fraction=0.9): done" in done.stdout
+
+
+def test_a_bad_grid_key_fails_with_one_line() -> None:
+    done = run_cli("sweep", "simulations/digits_quick.toml", "--grid", "defenses.prune.fractio=0,0.5")
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("fedaudit: error: grid cell fractio=0: unknown key 'defenses.prune.fractio'; "
+                                   "allowed keys here: fraction, threshold")
