@@ -92,7 +92,7 @@ def client_update(bundle: ModelBundle, batch: Batch, scenario: Scenario, seed: i
     """What a client sends: local training from the weights loaded in ``bundle``, then the update
     defenses of ``[defenses]`` (FedAvg: applied to the weight difference, which is re-added)."""
     start = {k: v.clone() for k, v in bundle.trainable_state().items()}
-    update = local_update(bundle, batch, scenario.training, seed=seed)
+    update = local_update(bundle, batch, scenario.training, seed=seed, dp=scenario.defenses.dp_sgd)
     if not scenario.defenses.order:
         return update
     if update.kind == "gradient":

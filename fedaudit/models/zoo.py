@@ -63,10 +63,12 @@ class ModelBundle:
         return self.tokenizer is not None
 
     def logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The model's logits for ``input_ids`` with ``attention_mask`` (text) or ``features``."""
+        """The model's logits for ``input_ids`` with ``attention_mask`` (and optional per-example
+        ``position_ids``, which DP-SGD's per-example gradients need) (text) or ``features``."""
         if "features" in inputs:
             return self.model(inputs["features"].to(self.dtype))
-        return self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        positions = {"position_ids": inputs["position_ids"]} if "position_ids" in inputs else {}
+        return self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **positions).logits
 
     def logits_from_embeddings(self, embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text models: the logits for token embeddings given in place of the lookup's output

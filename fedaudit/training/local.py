@@ -3,10 +3,14 @@
 What leaves the client, and why:
 * FedSGD replies carry the gradient itself (mean over the batch) and the server applies the
   step. The auditor sees the gradient in the model's dtype, with nothing rounded away.
-* FedAvg replies carry the new weights, as a real client sends them. The server differences
+* FedAvg replies carry the new weights after ``local_epochs`` of mini-batch steps with the
+  local optimizer (``training.optimizer``: plain SGD, p <- p - lr * g, or torch's Adam, fresh each
+  round), as a real client sends them. The server differences
   them against the weights it sent, in float64. With float32 weights a step smaller than half
   a float32 ulp of a weight rounds away inside the client, so the difference can under-state
   what the client touched; ``model.dtype = "float64"`` removes that effect.
+* With ``[defenses.dp_sgd]`` both modes train through Opacus (``fedaudit.training.dp``): what
+  leaves is the privatized gradient (FedSGD) or the weights after DP-SGD steps (FedAvg).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from fedaudit.config import TrainingConfig
+from fedaudit.config import DPSGDConfig, TrainingConfig
 from fedaudit.models import ModelBundle
 
 
@@ -52,13 +56,31 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], labels: list[in
     return Batch(torch.tensor(labels, dtype=torch.long), enc["input_ids"], enc["attention_mask"])
 
 
-def loss_fn(bundle: ModelBundle, batch: Batch) -> torch.Tensor:
-    """Mean cross-entropy, computed in the model's dtype (the built-in causal-LM loss is float32)."""
-    logits = bundle.logits(batch.inputs())
+def loss_fn(bundle: ModelBundle, batch: Batch, per_example_positions: bool = False) -> torch.Tensor:
+    """Mean cross-entropy, computed in the model's dtype (the built-in causal-LM loss is float32).
+
+    ``per_example_positions``: pass text models ``position_ids`` of shape B x n (the values they
+    use by default, 0..n-1), so that per-example gradient hooks (Opacus) see one row of position
+    ids per example; the default 1 x n row would give the position embeddings wrong per-example
+    gradients."""
+    inputs = batch.inputs()
+    if per_example_positions and batch.input_ids is not None:
+        n = batch.input_ids.shape[1]
+        inputs["position_ids"] = torch.arange(n).repeat(len(batch), 1).contiguous()
+    logits = bundle.logits(inputs)
     if bundle.task == "classification":
         return F.cross_entropy(logits, batch.labels)
     targets = batch.input_ids[:, 1:].masked_fill(batch.attention_mask[:, 1:] == 0, -100)
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+
+@dataclass(frozen=True)
+class DPSteps:
+    """One round of DP-SGD as the accountant sees it: ``steps`` Gaussian steps at ``sample_rate``."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
 
 
 @dataclass(frozen=True)
@@ -68,6 +90,30 @@ class LocalUpdate:
     num_examples: int
     steps: int
     loss: float
+    privacy: DPSteps | None = None
+    """DP-SGD only: what this round adds to the client's privacy account (``fedaudit.training.dp``)."""
+
+
+class PlainSGD(torch.optim.Optimizer):
+    """SGD without momentum, exactly ``p -= lr * g``. ``torch.optim.SGD`` computes
+    ``p + (-lr) * g`` in one fused operation, which differs from it in the last bit."""
+
+    def __init__(self, params, lr: float) -> None:
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.sub_(group["lr"] * p.grad)
+
+
+def local_optimizer(params: list[torch.nn.Parameter], training: TrainingConfig) -> torch.optim.Optimizer:
+    """The client's optimizer for one round (``training.optimizer``)."""
+    if training.optimizer == "adam":
+        return torch.optim.Adam(params, lr=training.lr)
+    return PlainSGD(params, lr=training.lr)
 
 
 def _gradients(bundle: ModelBundle, batch: Batch) -> tuple[dict[str, torch.Tensor], float]:
@@ -88,30 +134,38 @@ def fedsgd(bundle: ModelBundle, batch: Batch) -> LocalUpdate:
     return LocalUpdate("gradient", grads, len(batch), 1, loss)
 
 
-def fedavg(bundle: ModelBundle, batch: Batch, epochs: int, mini_batch_size: int, lr: float,
-           seed: int) -> LocalUpdate:
-    """``epochs`` passes of plain mini-batch SGD over the batch, shuffled per epoch with ``seed``."""
-    params = dict(bundle.model.named_parameters())
+def fedavg(bundle: ModelBundle, batch: Batch, training: TrainingConfig, seed: int) -> LocalUpdate:
+    """``local_epochs`` passes of mini-batch steps with the local optimizer over the batch,
+    shuffled per epoch with ``seed``."""
+    params = [p for p in bundle.model.parameters() if p.requires_grad]
+    optimizer = local_optimizer(params, training)
     generator = torch.Generator().manual_seed(seed)
     steps, losses = 0, []
-    for _ in range(epochs):
+    for _ in range(training.local_epochs):
         order = torch.randperm(len(batch), generator=generator)
-        for chunk in order.split(mini_batch_size):
-            grads, loss = _gradients(bundle, batch.select(chunk))
-            with torch.no_grad():
-                for name, grad in grads.items():
-                    params[name].sub_(lr * grad)
-            steps, losses = steps + 1, losses + [loss]
+        for chunk in order.split(training.mini_batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(bundle, batch.select(chunk))
+            loss.backward()
+            optimizer.step()
+            steps, losses = steps + 1, losses + [loss.item()]
+    optimizer.zero_grad(set_to_none=True)
     return LocalUpdate("weights", {k: v.clone() for k, v in bundle.trainable_state().items()},
                        len(batch), steps, sum(losses) / len(losses))
 
 
-def local_update(bundle: ModelBundle, batch: Batch, training: TrainingConfig, seed: int) -> LocalUpdate:
-    """What a client computes from the global weights already loaded into ``bundle``."""
+def local_update(bundle: ModelBundle, batch: Batch, training: TrainingConfig, seed: int,
+                 dp: DPSGDConfig | None = None) -> LocalUpdate:
+    """What a client computes from the global weights already loaded into ``bundle``
+    (with ``dp``: DP-SGD through Opacus)."""
     bundle.model.train()
+    if dp is not None:
+        from fedaudit.training.dp import dp_local_update
+
+        return dp_local_update(bundle, batch, training, dp, seed)
     if training.mode == "fedsgd":
         return fedsgd(bundle, batch)
-    return fedavg(bundle, batch, training.local_epochs, training.mini_batch_size, training.lr, seed)
+    return fedavg(bundle, batch, training, seed)
 
 
 @torch.no_grad()
