@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedaudit.attacks.base import Budget
-from fedaudit.attacks.spear import F64, Spear, factor, missing_direction
+from fedaudit.attacks.spear import F64, Spear, factor, missing_direction, missing_pair, row_directions
 from fedaudit.audit.scoring import score
 from fedaudit.config import DataConfig
 from fedaudit.data import load_examples
@@ -62,6 +62,36 @@ def test_the_last_column_follows_from_the_other_ones(data_dir) -> None:
         found = torch.cat([q[:, :missing], q[:, missing + 1:]], dim=1)
         candidates = missing_direction(f, found, basis, weight @ basis, bias)
         assert any(abs(float(c @ q[:, missing])) > 1 - 1e-8 for c in candidates), missing
+    for pair in ((0, 1), (2, 5), (6, 7)):
+        found = q[:, [k for k in range(8) if k not in pair]]
+        candidates = torch.stack(missing_pair(f, found, basis, weight @ basis, bias), 1)
+        match = (q.T @ candidates).abs() > 1 - 1e-8
+        assert match[list(pair)].any(1).all(), pair  # both missing columns are among the candidates
+        assert match.any(0).all()  # and nothing else (the scan's mixtures have full-rank sets)
+
+
+def test_neurons_on_for_one_example_give_its_column(data_dir) -> None:
+    # CIFAR-10 images look alike: at b = 25 a uniform draw of 24 rows hits a column about once in 1e8
+    # draws, but neurons on for a single example have L_i parallel to that example's row of Q^-1
+    sc = scenario("model.name=mlp", "model.config={hidden=[1000]}", "audit.attacks=['spear']",
+                  f"data.source={data_dir / 'images/cifar10/test_2000.npz'}", "training.batch_size=25")
+    (observation, truth), = client_updates(sc, 1)
+    f, q, layer = _true_columns(observation, truth)
+    weight = observation.global_weights[layer.weight].to(F64)
+    bias = observation.global_weights[layer.bias].to(F64)
+    x = truth.features.reshape(25, -1).to(F64)
+    on = (x @ weight.T + bias > 0)[:, f.rows].T
+    single = on.sum(1) == 1
+    examples = set(torch.nonzero(on[single])[:, 1].tolist())
+    assert len(examples) >= 10  # such neurons are common here
+    basis = torch.linalg.qr(f.R.T).Q
+    found = row_directions(f, basis, weight @ basis, bias, torch.arange(len(f.rows)))
+    match = (q.T @ found).abs()  # 25 x candidates
+    assert (match.amax(0) > 1 - 1e-8).float().mean() >= 0.9  # nearly every candidate is a true column
+    assert examples <= set(torch.nonzero(match.amax(1) > 1 - 1e-8).flatten().tolist())
+    rec = Spear(device="cpu").run(observation, Budget(120))
+    assert rec.status == "exact", rec.reason
+    assert score(rec, truth, observation.model)["exact_fraction"] == 1.0
 
 
 def test_zeros_are_judged_against_each_row_not_the_largest(data_dir) -> None:

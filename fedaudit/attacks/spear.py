@@ -59,7 +59,7 @@ CHUNK_BYTES = 64 * 2**20
 PROBE_ROWS = 64
 """Rows a sampled direction is first tested on (cheap pre-filter before the full check)."""
 ROW_CHUNK = 32
-"""Rows of L tried as rows of Q^{-1} per turn (``row_directions``; about 20 ms of SVDs)."""
+"""Rows of L tried as rows of Q^{-1} per turn (``row_directions``)."""
 FALSE_ACCEPT = 1e-12
 """Allowed chance, per sampled direction, that a wrong one passes the sparsity filter."""
 
@@ -84,6 +84,11 @@ class Factors:
     @cached_property
     def row_norms(self) -> torch.Tensor:
         return self.L.norm(dim=1)
+
+    @cached_property
+    def outer(self) -> torch.Tensor:
+        """L_i^T L_i per row, flattened (m_active x B^2): Gram matrices of row sets as one product."""
+        return (self.L[:, :, None] * self.L[:, None, :]).reshape(len(self.L), -1)
 
     def relative(self, q: torch.Tensor) -> torch.Tensor:
         """|L q| entrywise over |row of L| |q| (the cosine of each row with each column of ``q``).
@@ -337,26 +342,31 @@ def _least_violations(rows: np.ndarray, slack: float) -> int:
     return int((result.x[batch:] > slack).sum())
 
 
-def _certain_kernels(f: Factors, drive: torch.Tensor, bias: torch.Tensor, exact: bool) -> list[torch.Tensor]:
+def _certain_kernels(f: Factors, drive: torch.Tensor, bias: torch.Tensor, exact: bool) -> torch.Tensor:
     """Kernels of the rows an input x surely switches off, for each sign of its unknown scale c.
 
-    ``drive`` is W x (m). For c > 0 every neuron with (W x)_i <= 0 and b_i <= 0 has z = c (W x)_i +
-    b_i <= 0 and is off (for c < 0 those with (W x)_i >= 0 and b_i <= 0), so those rows of L lie in
-    the input's zero set and have its column of Q as their kernel. Returns the kernel for each sign
-    whose rows have rank B - 1; with ``exact``, only where they also have rank below B (a known
-    direction: the input is one of the batch, not a mixture, whose off rows span all B dimensions).
+    ``drive`` is W x (m x k, one input per column). For c > 0 every neuron with (W x)_i <= 0 and
+    b_i <= 0 has z = c (W x)_i + b_i <= 0 and is off (for c < 0 those with (W x)_i >= 0 and
+    b_i <= 0), so those rows of L lie in the input's zero set and have its column of Q as their
+    kernel. Returns (B x j) the kernel for each input and sign whose rows have rank B - 1; with
+    ``exact``, only where they also have rank below B (the input is one of the batch, not a
+    mixture, whose off rows span all B dimensions). Rank from the Gram matrices L_off^T L_off, all
+    at once: a singular value ratio below sqrt(floor) (as in ``refine``) is an eigenvalue ratio
+    below floor, far above float64 rounding.
     """
     b = f.batch
-    cut = math.sqrt(f.floor)  # a singular value at the gradient's rounding (relative), as in ``refine``
-    out = []
-    for sign in (1.0, -1.0):
-        off = ((sign * drive <= 0) & (bias <= 0))[f.rows]
-        if int(off.sum()) < b - 1:
-            continue
-        _, s, vt = torch.linalg.svd(f.L[off], full_matrices=True)
-        if float(s[b - 2] / s[0]) > cut and (not exact or len(s) < b or float(s[b - 1] / s[0]) <= cut):
-            out.append(vt[-1])
-    return out
+    can = (bias <= 0)[f.rows, None]
+    off = torch.cat([(drive[f.rows] <= 0) & can, (drive[f.rows] >= 0) & can], dim=1)
+    off = off[:, off.sum(0) >= b - 1]
+    if off.shape[1] == 0:
+        return torch.empty(b, 0, dtype=F64, device=f.L.device)
+    gram = (off.T.to(F64) @ f.outer).reshape(-1, b, b)
+    eig, vec = torch.linalg.eigh(gram)  # ascending
+    top = eig[:, -1].clamp_min(torch.finfo(F64).tiny)
+    keep = eig[:, 1] / top > f.floor
+    if exact:
+        keep &= eig[:, 0] / top <= f.floor
+    return vec[keep, :, 0].T
 
 
 def missing_direction(f: Factors, found: torch.Tensor, basis: torch.Tensor, inputs_map: torch.Tensor,
@@ -371,7 +381,31 @@ def missing_direction(f: Factors, found: torch.Tensor, basis: torch.Tensor, inpu
     ``realizable`` then judge them like any sampled direction.
     """
     p = torch.linalg.svd(found.T, full_matrices=True).Vh[-1]  # orthogonal to the B - 1 columns
-    return _certain_kernels(f, inputs_map @ (basis.T @ (f.R.T @ p)), bias, exact=False)
+    return list(_certain_kernels(f, (inputs_map @ (basis.T @ (f.R.T @ p)))[:, None], bias, exact=False).T)
+
+
+def missing_pair(f: Factors, found: torch.Tensor, basis: torch.Tensor, inputs_map: torch.Tensor,
+                 bias: torch.Tensor) -> list[torch.Tensor]:
+    """Candidates for the last two columns of Q when the other B - 2 (``found``) are known.
+
+    The rows p of Q^{-1} that give the two missing inputs lie in the plane orthogonal to the
+    found columns: p = cos(t) u1 + sin(t) u2. As t turns, a neuron's drive (W x)_i for x = p R
+    changes sign at one angle (mod pi), so the set ``_certain_kernels`` reads off is constant
+    between consecutive such angles: one probe per interval (at its middle) meets every set
+    the plane can give, both missing inputs' among them (each lies inside an interval). Only
+    neurons with b_i <= 0 enter the set, so there are at most as many probes as such neurons
+    (one batched Gram eigendecomposition). Kept are sets of rank exactly B - 1 (a mixture's set
+    spans all B dimensions).
+    """
+    u = torch.linalg.svd(found.T, full_matrices=True).Vh[-2:]  # 2 x B, orthogonal to the B - 2
+    drive = inputs_map @ (basis.T @ (f.R.T @ u.T))  # m x 2: W x for x = u1 R and x = u2 R
+    rows = f.rows[bias[f.rows] <= 0]
+    cuts = torch.atan2(-drive[rows, 0], drive[rows, 1]).remainder(math.pi).sort().values
+    if len(cuts) == 0:
+        return []
+    mids = torch.cat([(cuts[:-1] + cuts[1:]) / 2, (cuts[-1:] + cuts[:1] + math.pi) / 2])
+    probes = drive @ torch.stack([mids.cos(), mids.sin()])  # m x intervals
+    return list(_certain_kernels(f, probes, bias, exact=True).T)
 
 
 def row_directions(f: Factors, basis: torch.Tensor, inputs_map: torch.Tensor, bias: torch.Tensor,
@@ -390,8 +424,7 @@ def row_directions(f: Factors, basis: torch.Tensor, inputs_map: torch.Tensor, bi
     """
     p = f.L[rows] / f.L[rows].norm(dim=1, keepdim=True)
     drive = inputs_map @ (basis.T @ (f.R.T @ p.T))  # W x for x = L_i R, one column per row
-    found = [q for k in range(len(rows)) for q in _certain_kernels(f, drive[:, k], bias, exact=True)]
-    return torch.stack(found, 1) if found else torch.empty(f.batch, 0, dtype=F64, device=f.L.device)
+    return _certain_kernels(f, drive, bias, exact=True)
 
 
 def _new_directions(q: torch.Tensor, known: torch.Tensor, tol: float = 1e-6) -> list[int]:
@@ -567,14 +600,16 @@ class _Pool:
         return changed
 
     def complete(self, batch: int) -> bool:
-        """When the greedy pick has B - 1 directions (a set not tried before), add the candidates
-        ``missing_direction`` gives for the last one; True when the pool changed."""
+        """When the greedy pick has B - 1 or B - 2 directions (a set not tried before), add the
+        candidates ``missing_direction`` or ``missing_pair`` give for the rest; True when the pool
+        changed."""
         pick = tuple(sorted(self._greedy(batch, banned=-1)))
-        if len(pick) != batch - 1 or pick in self.completed:
+        if len(pick) not in (batch - 1, batch - 2) or batch < 3 or pick in self.completed:
             return False
         self.completed.add(pick)
         found = self.matrix[:, list(pick)]
-        candidates = missing_direction(self.f, found, self.basis, self.inputs_map, self.bias)
+        complete = missing_direction if len(pick) == batch - 1 else missing_pair
+        candidates = complete(self.f, found, self.basis, self.inputs_map, self.bias)
         if not candidates:
             return False
         none = torch.empty(0, dtype=torch.long, device=found.device)
