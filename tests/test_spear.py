@@ -85,7 +85,7 @@ def test_neurons_on_for_one_example_give_its_column(data_dir) -> None:
     examples = set(torch.nonzero(on[single])[:, 1].tolist())
     assert len(examples) >= 10  # such neurons are common here
     basis = torch.linalg.qr(f.R.T).Q
-    found = row_directions(f, basis, weight @ basis, bias, torch.arange(len(f.rows)))
+    found, _ = row_directions(f, basis, weight @ basis, bias, f.L)
     match = (q.T @ found).abs()  # 25 x candidates
     assert (match.amax(0) > 1 - 1e-8).float().mean() >= 0.9  # nearly every candidate is a true column
     assert examples <= set(torch.nonzero(match.amax(1) > 1 - 1e-8).flatten().tolist())

@@ -342,13 +342,15 @@ def _least_violations(rows: np.ndarray, slack: float) -> int:
     return int((result.x[batch:] > slack).sum())
 
 
-def _certain_kernels(f: Factors, drive: torch.Tensor, bias: torch.Tensor, exact: bool) -> torch.Tensor:
+def _certain_kernels(f: Factors, drive: torch.Tensor, bias: torch.Tensor,
+                     exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Kernels of the rows an input x surely switches off, for each sign of its unknown scale c.
 
     ``drive`` is W x (m x k, one input per column). For c > 0 every neuron with (W x)_i <= 0 and
     b_i <= 0 has z = c (W x)_i + b_i <= 0 and is off (for c < 0 those with (W x)_i >= 0 and
     b_i <= 0), so those rows of L lie in the input's zero set and have its column of Q as their
-    kernel. Returns (B x j) the kernel for each input and sign whose rows have rank B - 1; with
+    kernel. Returns (B x j) the kernel for each input and sign whose rows have rank B - 1, and
+    the column of ``drive`` each came from; with
     ``exact``, only where they also have rank below B (the input is one of the batch, not a
     mixture, whose off rows span all B dimensions). Rank from the Gram matrices L_off^T L_off, all
     at once: a singular value ratio below sqrt(floor) (as in ``refine``) is an eigenvalue ratio
@@ -357,16 +359,18 @@ def _certain_kernels(f: Factors, drive: torch.Tensor, bias: torch.Tensor, exact:
     b = f.batch
     can = (bias <= 0)[f.rows, None]
     off = torch.cat([(drive[f.rows] <= 0) & can, (drive[f.rows] >= 0) & can], dim=1)
-    off = off[:, off.sum(0) >= b - 1]
+    source = torch.arange(off.shape[1], device=off.device).remainder(drive.shape[1])
+    enough = off.sum(0) >= b - 1
+    off, source = off[:, enough], source[enough]
     if off.shape[1] == 0:
-        return torch.empty(b, 0, dtype=F64, device=f.L.device)
+        return torch.empty(b, 0, dtype=F64, device=f.L.device), source
     gram = (off.T.to(F64) @ f.outer).reshape(-1, b, b)
     eig, vec = torch.linalg.eigh(gram)  # ascending
     top = eig[:, -1].clamp_min(torch.finfo(F64).tiny)
     keep = eig[:, 1] / top > f.floor
     if exact:
         keep &= eig[:, 0] / top <= f.floor
-    return vec[keep, :, 0].T
+    return vec[keep, :, 0].T, source[keep]
 
 
 def missing_direction(f: Factors, found: torch.Tensor, basis: torch.Tensor, inputs_map: torch.Tensor,
@@ -381,7 +385,7 @@ def missing_direction(f: Factors, found: torch.Tensor, basis: torch.Tensor, inpu
     ``realizable`` then judge them like any sampled direction.
     """
     p = torch.linalg.svd(found.T, full_matrices=True).Vh[-1]  # orthogonal to the B - 1 columns
-    return list(_certain_kernels(f, (inputs_map @ (basis.T @ (f.R.T @ p)))[:, None], bias, exact=False).T)
+    return list(_certain_kernels(f, (inputs_map @ (basis.T @ (f.R.T @ p)))[:, None], bias, exact=False)[0].T)
 
 
 def missing_pair(f: Factors, found: torch.Tensor, basis: torch.Tensor, inputs_map: torch.Tensor,
@@ -405,12 +409,13 @@ def missing_pair(f: Factors, found: torch.Tensor, basis: torch.Tensor, inputs_ma
         return []
     mids = torch.cat([(cuts[:-1] + cuts[1:]) / 2, (cuts[-1:] + cuts[:1] + math.pi) / 2])
     probes = drive @ torch.stack([mids.cos(), mids.sin()])  # m x intervals
-    return list(_certain_kernels(f, probes, bias, exact=True).T)
+    return list(_certain_kernels(f, probes, bias, exact=True)[0].T)
 
 
 def row_directions(f: Factors, basis: torch.Tensor, inputs_map: torch.Tensor, bias: torch.Tensor,
-                   rows: torch.Tensor) -> torch.Tensor:
-    """Candidate columns of Q from rows of L read as rows of Q^{-1} (B x k).
+                   rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate columns of Q (B x k) from rows of L (``rows``: k x B) read as rows of Q^{-1},
+    with the row each came from (k x B, unit).
 
     Row i of L is L_i = D_i Q^{-1} = sum_j D_ij p_j over the examples j that switch neuron i on
     (p_j: row j of Q^{-1}). A neuron on for one example only has L_i parallel to p_j, so
@@ -420,11 +425,38 @@ def row_directions(f: Factors, basis: torch.Tensor, inputs_map: torch.Tensor, bi
     those near the threshold are on for one or a few examples (b = 25, m = 1000: about 50 of
     840 active neurons are on for exactly one example, which gives 14 to 19 of the 25 columns).
     Rows of larger support give mixtures, whose certain rows span all B dimensions (rejected).
-    Candidates still go through ``refine`` and ``realizable``.
+    Candidates still go through ``refine`` and ``realizable``. The rows need not be rows of L:
+    ``_Pool.deflated`` gives rows with the found examples' part taken out.
     """
-    p = f.L[rows] / f.L[rows].norm(dim=1, keepdim=True)
+    p = rows / rows.norm(dim=1, keepdim=True)
     drive = inputs_map @ (basis.T @ (f.R.T @ p.T))  # W x for x = L_i R, one column per row
-    return _certain_kernels(f, drive, bias, exact=True)
+    q, source = _certain_kernels(f, drive, bias, exact=True)
+    return q, p[source]
+
+
+def scale_violations(f: Factors, zero: torch.Tensor, drive: torch.Tensor, bias: torch.Tensor) -> int:
+    """Fewest active neurons whose on/off state disagrees with ``zero`` for the input c x, over all
+    scales c of either sign (``drive``: W x).
+
+    An input known up to scale (a row of Q^{-1} gives x = p R) must switch off exactly its
+    column's zero set at its true scale: z_i = c (W x)_i + b_i <= 0 exactly where the gradient
+    entry is zero. Each neuron admits a half-line of c; the sweep over their end points counts
+    the best c. A column and a row of Q^{-1} that do not belong to the same example (a mixture
+    on either side) disagree on a share of all neurons.
+    """
+    d, b0, z = drive[f.rows], bias[f.rows], zero
+    best = len(d)
+    for sign in (1.0, -1.0):
+        # neuron i agrees for c > 0 with: off: c * s d_i <= -b_i; on: c * s d_i > -b_i
+        sd = sign * d
+        ends = (-b0 / sd).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+        cs = torch.cat([ends.clamp_min(0), torch.tensor([0.0, float(ends.abs().max()) * 2 + 1], dtype=F64)])
+        cs = torch.unique(cs)
+        probes = torch.cat([(cs[:-1] + cs[1:]) / 2, cs])
+        zz = probes[None, :] * sd[:, None] + b0[:, None]
+        off = zz <= 0
+        best = min(best, int((off != z[:, None]).sum(0).min()))
+    return best
 
 
 def _new_directions(q: torch.Tensor, known: torch.Tensor, tol: float = 1e-6) -> list[int]:
@@ -527,7 +559,8 @@ class Spear:
         pool = _Pool(f, solution.W, solution.bias)
         # Rows of L read as rows of Q^{-1} (``row_directions``), in turns with the draws: whichever
         # has used less time goes next, so neither costs more than twice what the other would alone.
-        seeds = list(sampler.distinct.split(ROW_CHUNK))
+        seeds = list(f.L[sampler.distinct].split(ROW_CHUNK))
+        peeled = 0  # known rows of Q^{-1} at the last ``deflated``
         spent = [0.0, 0.0]  # seconds on row seeds, on draws
         none = torch.empty(0, dtype=torch.long, device=self.device)
         ran_out = False
@@ -535,9 +568,12 @@ class Spear:
             while not solution.consistent:
                 budget.check()
                 turn = time.perf_counter()
+                if not seeds and len(pool.inverse) > peeled:
+                    peeled = len(pool.inverse)
+                    seeds = list(pool.deflated().split(ROW_CHUNK))
                 if seeds and spent[0] <= spent[1]:
-                    q = row_directions(f, pool.basis, pool.inputs_map, pool.bias, seeds.pop(0))
-                    changed = pool.add(q, torch.empty(0), [none] * q.shape[1])
+                    q, p = row_directions(f, pool.basis, pool.inputs_map, pool.bias, seeds.pop(0))
+                    changed = pool.add(q, torch.empty(0), [none] * q.shape[1], p)
                     spent[0] += time.perf_counter() - turn
                 else:
                     changed = pool.add(*sampler.draw())
@@ -579,25 +615,64 @@ class _Pool:
         self.zero_sets: list[torch.Tensor] = []
         self.counts: list[int] = []
         self.real: dict[int, bool] = {}
+        self.inverse: dict[int, torch.Tensor] = {}
+        """Rows of Q^{-1} (unit) of directions found by ``row_directions``, by direction index."""
         self.rejected = 0
 
     def zero_fraction(self) -> float:
         kept = [c for i, c in enumerate(self.counts) if self.real.get(i)]
         return sum(kept) / len(kept) / len(self.f.rows) if kept else 0.5
 
-    def add(self, q: torch.Tensor, counts: torch.Tensor, subsets: torch.Tensor | list[torch.Tensor]) -> bool:
-        """Add new directions (``subsets``: the rows each was built from); True when the pool changed."""
+    def add(self, q: torch.Tensor, counts: torch.Tensor, subsets: torch.Tensor | list[torch.Tensor],
+            inverse_rows: torch.Tensor | None = None) -> bool:
+        """Add new directions (``subsets``: the rows each was built from; ``inverse_rows``: the rows
+        of Q^{-1} they came from, if any); True when the pool changed."""
         changed = False
         for j in _new_directions(q, self.matrix):
             fit = refine(self.f, q[:, j], subsets[j])
-            if fit is None:
+            if fit is None or (inverse_rows is not None and not self._pair(fit[1], inverse_rows[j])):
                 self.rejected += 1
             elif _new_directions(fit[0][:, None], self.matrix):  # the refit may land on a known one
                 self.matrix = torch.cat([self.matrix, fit[0][:, None]], dim=1)
                 self.zero_sets.append(fit[1])
                 self.counts.append(int(fit[1].sum()))
+                if inverse_rows is not None:
+                    self.inverse[len(self.counts) - 1] = inverse_rows[j]
                 changed = True
         return changed
+
+    def _pair(self, zero: torch.Tensor, p: torch.Tensor) -> bool:
+        """Whether x = p R switches off the zero set ``zero`` at some scale (``scale_violations``),
+        up to the geometric middle between one neuron and all active ones (as in ``realizable``).
+        Directions read from rows are kept only as such pairs: the set a row reads off can have
+        rank B - 1 without being a column (rows sharing an on-pattern span a low dimension), and
+        a mixed p would make mixtures of every row it peels in ``deflated`` (CIFAR-10, m = 200,
+        b = 32: unchecked, 60 wrong directions that passed ``realizable`` filled the pool; checked,
+        none). True pairs there disagree on 0 to 6 of 170 neurons, wrong ones on 18 or more."""
+        drive = self.inputs_map @ (self.basis.T @ (self.f.R.T @ p))
+        return scale_violations(self.f, zero, drive, self.bias) <= math.sqrt(len(self.f.rows))
+
+    def deflated(self) -> torch.Tensor:
+        """Rows of L with the examples of known rows of Q^{-1} taken out (k x B).
+
+        L_i = sum_j D_ij p_j, and for a found column q_j with its row p_j (p_l q_j = 0 for l != j),
+        D_ij = L_i q_j / (p_j q_j): L_i - sum_j D_ij p_j over the known pairs leaves the examples
+        not yet known. A neuron on for one of those and any number of known ones becomes parallel
+        to that example's p, and ``row_directions`` reads its column (the known ones peel off like
+        an erasure decoder: each column found this way brings its own p). Only rows that change
+        and keep a part above the rounding (relative to the row) are returned. Known pairs whose
+        direction failed ``realizable`` are left out; a p that is a mixture (its row was on for a
+        second example) only makes mixtures, which the exact rank test rejects.
+        """
+        known = [i for i in self.inverse if self.real.get(i) is not False]
+        q = self.matrix[:, known]
+        p = torch.stack([self.inverse[i] for i in known])  # k x B
+        coef = (self.f.L @ q) / (p * q.T).sum(1)
+        rest = self.f.L - coef @ p
+        cut = math.sqrt(self.f.floor)
+        moved = (self.f.relative(q) > cut).any(1)
+        kept = moved & (rest.norm(dim=1) > cut * self.f.row_norms)
+        return rest[kept]
 
     def complete(self, batch: int) -> bool:
         """When the greedy pick has B - 1 or B - 2 directions (a set not tried before), add the
