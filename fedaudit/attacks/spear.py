@@ -21,11 +21,18 @@ loss gives G = dL/dW = D X with D = (dL/dZ)^T (m x B), and g = dL/db = D 1. Then
 Success needs all B - 1 sampled rows inside one column's zero set, probability about
 rho^(B-1) per column for zero fraction rho: the cost is exponential in B (about 2^B samples at
 rho = 1/2), and far worse when examples look alike and many neurons are on for all of them.
-Two additions of ours (not in the paper) cut it: once columns are found, rows are drawn in
-proportion to their estimated chance of being zero in the others (``DirectionSampler.guide``),
-and with B - 1 columns found the last input is known up to scale, which pins down neurons it
-surely switches off (``missing_direction``). Before sampling, the uniform cost goes into the
-diagnostics; with a budget, a ``partial`` result says how many of the B directions were found.
+Additions of ours (not in the paper) cut it, all from one fact: an input known up to scale
+pins down neurons it surely switches off (negative drive and non-positive bias), and those rows
+of L have its column as their kernel (``_certain_kernels``). Inputs known up to scale come from
+rows of L read as rows of Q^{-1}: a neuron on for one example only has its row parallel to that
+example's (``row_directions``), and rows with the found examples peeled off give more
+(``_Pool.deflated``); from the plane orthogonal to B - 2 found columns (``missing_pair``); and
+from the line orthogonal to B - 1 (``missing_direction``). In between, rows are drawn in
+proportion to their estimated chance of being zero in the columns not found yet
+(``DirectionSampler.guide``). The row reads take turns with the draws, so where they give
+nothing (small or unlike batches) they cost at most as much time as the draws. Before sampling,
+the uniform cost goes into the diagnostics; with a budget, a ``partial`` result says how many
+of the B directions were found.
 
 What the attack checks before saying ``exact``: every neuron a recovered input switches off,
 pushed through the layer's known weights, has a zero entry in that input's gradient column (a
@@ -450,7 +457,7 @@ def scale_violations(f: Factors, zero: torch.Tensor, drive: torch.Tensor, bias: 
         # neuron i agrees for c > 0 with: off: c * s d_i <= -b_i; on: c * s d_i > -b_i
         sd = sign * d
         ends = (-b0 / sd).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
-        cs = torch.cat([ends.clamp_min(0), torch.tensor([0.0, float(ends.abs().max()) * 2 + 1], dtype=F64)])
+        cs = torch.cat([ends.clamp_min(0), ends.new_tensor([0.0, float(ends.abs().max()) * 2 + 1])])
         cs = torch.unique(cs)
         probes = torch.cat([(cs[:-1] + cs[1:]) / 2, cs])
         zz = probes[None, :] * sd[:, None] + b0[:, None]
