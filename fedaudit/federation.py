@@ -7,6 +7,7 @@ scenario through these functions, so a scenario always means the same split ever
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -83,9 +84,35 @@ def holdout_batch(bundle: ModelBundle, data: FederatedData, scenario: Scenario) 
 
 def protocol_for(scenario: Scenario, num_examples: int, group_size: int = 1) -> Protocol:
     t = scenario.training
+    steps = 1 if t.mode == "fedsgd" else t.local_epochs * math.ceil(num_examples / group_size / t.mini_batch_size)
     return Protocol(mode=t.mode, lr=t.lr, local_epochs=t.local_epochs, batch_size=t.batch_size,
                     mini_batch_size=t.mini_batch_size, max_seq_len=t.max_seq_len, num_examples=num_examples,
-                    optimizer=t.optimizer, group_size=group_size)
+                    optimizer=t.optimizer, group_size=group_size,
+                    noise_std=update_noise_std(scenario, steps) / math.sqrt(group_size))
+
+
+def update_noise_std(scenario: Scenario, steps: int) -> float:
+    """Std of the noise per entry of one client's update (gradient for FedSGD, weight difference
+    for FedAvg) that the scenario's defenses add, from their public settings; independent
+    sources add in variance. (A group mean under secure aggregation divides it by sqrt(K).)
+
+    * DP-SGD: N(0, sigma^2 C^2) on the sum of clipped gradients, divided by the batch: sigma C / B
+      per step (FedSGD, B = batch_size); FedAvg SGD moves the weights by lr times that per step,
+      over S independent steps: lr sigma C sqrt(S) / mini_batch_size.
+    * Local DP (Flower's LocalDpMod): Gaussian with sigma = sensitivity sqrt(2 ln(1.25 / delta)) / epsilon.
+    * The noise defense: its ``scale``.
+    """
+    d, t = scenario.defenses, scenario.training
+    variance = 0.0
+    if d.dp_sgd is not None:
+        per_step = d.dp_sgd.noise_multiplier * d.dp_sgd.max_grad_norm
+        variance += ((per_step / t.batch_size) ** 2 if t.mode == "fedsgd"
+                     else (t.lr * per_step / t.mini_batch_size) ** 2 * steps)
+    if d.local_dp is not None:
+        variance += (d.local_dp.sensitivity * math.sqrt(2 * math.log(1.25 / d.local_dp.delta)) / d.local_dp.epsilon) ** 2
+    if d.noise is not None:
+        variance += d.noise.scale ** 2
+    return math.sqrt(variance)
 
 
 def client_update(bundle: ModelBundle, batch: Batch, scenario: Scenario, seed: int) -> LocalUpdate:

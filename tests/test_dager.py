@@ -121,3 +121,34 @@ def test_a_two_layer_classifier_is_not_applicable_with_a_reason(cola_path) -> No
     observation, _ = _updates(cola_path, "model.name=gpt2-random", "model.config={n_layer=2, n_embd=128, n_head=2}")[0]
     ok, why = Dager().applicable(observation)
     assert not ok and "third attention layer" in why
+
+
+def test_ranks_under_protocol_noise_count_the_directions_above_the_noise_edge() -> None:
+    from fedaudit.attacks.spectral import noise_edge, rank_above_noise
+
+    g = torch.Generator().manual_seed(0)
+    signal = torch.randn(300, 5, generator=g, dtype=torch.float64) @ torch.randn(5, 200, generator=g, dtype=torch.float64)
+    for std in (1e-6, 1e-2, 1.0):
+        noise = std * torch.randn(300, 200, generator=g, dtype=torch.float64)
+        edge = noise_edge(std, 300, 200)
+        assert rank_above_noise(torch.linalg.svdvals(signal + noise), edge) == 5
+        assert rank_above_noise(torch.linalg.svdvals(noise), edge) == 0
+
+
+def test_noised_updates_degrade_dager_gracefully_with_reasons(cola_path) -> None:
+    """The noise defense at three scales: DAGER still recovers at small noise, loses sentences as
+    it grows, and fails with a reason once nothing stands above the noise; never an error."""
+    outcomes = []
+    for scale in (1e-7, 1e-6, 1.0):
+        ((observation, truth),) = _updates(cola_path, *TINY["gpt2"], f"defenses.noise.scale={scale}")
+        assert observation.gradient_noise_std == scale
+        rec = _attack(observation)
+        assert rec.status in ("exact", "partial", "failed")
+        metrics = score(rec, truth, observation.model)
+        if rec.status != "exact":
+            assert "noise" in rec.reason
+        outcomes.append((rec, metrics))
+    assert outcomes[0][0].status == "exact" and outcomes[0][1]["rouge1"] == 1.0
+    assert outcomes[1][0].status == "partial" and outcomes[1][1]["rouge1"] > 0.5
+    assert outcomes[2][0].status == "failed" and "below the noise edge" in outcomes[2][0].reason
+    assert outcomes[0][1]["rouge1"] >= outcomes[1][1]["rouge1"] >= outcomes[2][1]["rouge1"] == 0.0

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from fedaudit.attacks.base import Budget, BudgetExceeded, Reconstruction, resolve_device
-from fedaudit.attacks.spectral import left_singular, spectral_rank
+from fedaudit.attacks.spectral import left_singular, noise_edge, rank_above_noise, spectral_rank
 
 if TYPE_CHECKING:
     from fedaudit.audit.observation import Observation
@@ -95,25 +95,41 @@ class Span:
 
 
 def estimate_span(gradient: torch.Tensor, noise_floor: float, input_map: torch.Tensor | None = None,
-                  source: str = "", min_rank: int = 0) -> Span:
+                  source: str = "", min_rank: int = 0, noise_std: float = 0.0) -> Span:
     """Span of the input-side space of ``gradient`` (k_in x m): rank at the largest spectral gap.
 
     ``noise_floor`` is the relative rounding level of the numbers the gradient was sent in: a
     spectrum whose smallest value stays above sqrt(noise_floor) (the geometric middle between
     rounding noise and the top singular value) has no noise part, so the span is full.
+    ``noise_std``: noise per entry added by protocol (DP-SGD, a noise defense). Then the rank is
+    the count of singular values above the noise edge (``spectral.noise_edge``), and the noise
+    ratio is the edge over the weakest signal value: how far a true input may sit from the span.
     """
     g = gradient.to(F64)
     if not torch.isfinite(g).all():
         raise ValueError(f"the gradient of {source or 'the query projection'} contains NaN or inf")
     u, s, _ = left_singular(g)
+    rel = s / s[0]
+    width = int(g.shape[0])
+    if noise_std > 0:
+        edge = noise_edge(noise_std, *g.shape)
+        rank = rank_above_noise(s, edge)
+        if rank == 0:
+            raise NoiseDominates(f"every singular value of the gradient of {source or 'the query projection'} "
+                                 f"(largest {float(s[0]):.3g}) lies below the noise edge {edge:.3g}")
+        noise = min(1.0, edge / float(s[rank - 1]))
+        return Span(basis=u[:, :rank].contiguous(), rank=rank, width=width, noise=noise,
+                    input_map=input_map, source=source)
     rank = spectral_rank(s, noise_floor, min_rank)
     if rank == 0:
         raise ValueError(f"the gradient of {source or 'the query projection'} is zero")
-    rel = s / s[0]
-    width = int(g.shape[0])
     noise = float(rel[rank] / rel[rank - 1]) if rank < s.numel() else 1.0
     return Span(basis=u[:, :rank].contiguous(), rank=rank, width=width, noise=noise,
                 input_map=input_map, source=source)
+
+
+class NoiseDominates(ValueError):
+    """The update's protocol noise hides every direction of a gradient the attack needs."""
 
 
 def threshold(span: Span, absent: float) -> float:
@@ -362,6 +378,7 @@ class Dager:
 
     def _input_span(self, observation: Observation, entry: AttentionInput, floor: float, layer: int,
                     min_rank: int = 0) -> Span:
+        noise = observation.gradient_noise_std
         """The span of one attention layer's inputs, from the full weights or from LoRA factors.
 
         Full weights: the query, key and value gradients side by side (all read the same input).
@@ -377,15 +394,15 @@ class Dager:
             if not bool(observation.global_weights[proj.lora_b].any()):
                 a = observation.global_weights[proj.lora_a].to(self.device, F64)
                 grad_b = observation.gradient(proj.lora_b)  # (out, r)
-                return estimate_span(grad_b.T.to(self.device), floor, input_map=a,
+                return estimate_span(grad_b.T.to(self.device), floor, input_map=a, noise_std=noise,
                                      source=f"{proj.lora_b} (layer {layer}; LoRA B = 0, so inputs are seen as A x)")
-            return estimate_span(observation.gradient(proj.lora_a).T.to(self.device), floor,
+            return estimate_span(observation.gradient(proj.lora_a).T.to(self.device), floor, noise_std=noise,
                                  source=f"{proj.lora_a} (layer {layer})")
         grads = [observation.gradient(p.weight) for p in entry.projections if p.weight in observation.update]
         grads = [g if p.in_features_first else g.T for p, g in zip(entry.projections, grads)]
         names = ", ".join(p.weight for p in entry.projections if p.weight in observation.update)
         return estimate_span(torch.cat(grads, dim=1).to(self.device), floor, source=f"{names} (layer {layer})",
-                             min_rank=min_rank)
+                             min_rank=min_rank, noise_std=noise)
 
     def _model(self, observation: Observation) -> nn.Module:
         """The global model, or for FedAvg the midpoint of the local trajectory (see module doc)."""
@@ -454,7 +471,12 @@ class Dager:
     def run(self, observation: Observation, budget: Budget) -> Reconstruction:
         started = time.perf_counter()
         try:
-            setup = self._setup(observation)
+            try:
+                setup = self._setup(observation)
+            except NoiseDominates as err:
+                return Reconstruction("failed", f"protocol noise of std {observation.gradient_noise_std:.3g} per "
+                                      f"gradient entry: {err}", sequences=[],
+                                      diagnostics={"noise_std": observation.gradient_noise_std})
             return self._attack(observation, setup, budget, time.perf_counter() - started)
         finally:
             observation.model.model.to("cpu")
@@ -467,6 +489,8 @@ class Dager:
                     rank_layer1=s1.rank, rank_layer2=s2.rank, tokens_implied=s1.rank, model_width=d,
                     check_width=s1.width, span_source=s1.source, noise_layer1=s1.noise, noise_layer2=s2.noise,
                     device=str(self.device))
+        if observation.gradient_noise_std > 0:
+            diag.update(noise_std=observation.gradient_noise_std)
         expected = observation.protocol.num_examples
         if s1.full or s2.full:
             return Reconstruction("partial", (
@@ -535,6 +559,10 @@ class Dager:
         if not observation.exact_gradient:
             reasons.append(f"FedAvg over {observation.protocol.local_steps} local steps: candidates are formed at the "
                            "midpoint weights, exact up to O(lr^2) drift of embeddings and norms")
+        if observation.gradient_noise_std > 0 and reasons:  # the noise explains what fell short
+            reasons.append(f"the update carries protocol noise (std {observation.gradient_noise_std:.3g} per gradient "
+                           f"entry): ranks {s1.rank}/{s2.rank} count the directions above the noise edge, and inputs "
+                           "weaker than the noise are lost in it")
         if observation.model.task == "causal-lm":
             reasons.append("causal LM: a sequence's last token predicts nothing scored, so its query gets no "
                            "gradient and sentences are recovered without it")

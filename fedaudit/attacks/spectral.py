@@ -32,6 +32,22 @@ def spectral_rank(singular_values: torch.Tensor, noise_floor: float, min_rank: i
     return int(gaps.argmax()) + 1 if bool(torch.isfinite(gaps).any()) else int(s.numel())
 
 
+def noise_edge(noise_std: float, rows: int, cols: int) -> float:
+    """Largest singular value pure noise of std ``noise_std`` per entry reaches in a rows x cols matrix.
+
+    For i.i.d. Gaussian entries, s_max <= sigma (sqrt(rows) + sqrt(cols) + t) with probability
+    at least 1 - exp(-t^2 / 2) (Davidson and Szarek 2001, Thm. II.13); t = sqrt(2 ln(rows + cols))
+    makes a false signal direction rarer than one in rows + cols. Singular values above the edge
+    are signal; directions of the inputs weaker than the noise are lost in it.
+    """
+    return noise_std * (math.sqrt(rows) + math.sqrt(cols) + math.sqrt(2 * math.log(rows + cols)))
+
+
+def rank_above_noise(singular_values: torch.Tensor, edge: float) -> int:
+    """How many singular values stand above the noise edge."""
+    return int((singular_values.to(F64) > edge).sum())
+
+
 def left_singular(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Thin SVD (U, S, V^T) in float64; LAPACK's tall path (QR first) is markedly faster than its
     wide one, so a wide matrix is factored through its transpose."""

@@ -34,6 +34,9 @@ class Protocol:
     optimizer: Literal["sgd", "adam"] = "sgd"
     group_size: int = 1
     """Clients whose updates the server sees only as one sum (secure aggregation); 1 = one client."""
+    noise_std: float = 0.0
+    """Standard deviation of the noise each entry of the update carries by protocol (DP-SGD, local
+    DP, a noise defense), in the units of ``Observation.update``: public, like the defense settings."""
 
     @property
     def local_steps(self) -> int:
@@ -60,6 +63,13 @@ class Observation:
     def __post_init__(self) -> None:
         for key in ("global_weights", "update", "privacy"):
             object.__setattr__(self, key, MappingProxyType(dict(getattr(self, key))))
+
+    @property
+    def gradient_noise_std(self) -> float:
+        """``protocol.noise_std`` in the units of ``gradient()`` (FedAvg divides the update by lr * S)."""
+        if self.protocol.mode == "fedsgd":
+            return self.protocol.noise_std
+        return self.protocol.noise_std / (self.protocol.lr * self.protocol.local_steps)
 
     @property
     def exact_gradient(self) -> bool:
