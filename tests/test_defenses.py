@@ -161,3 +161,21 @@ def test_secure_aggregation_shows_the_auditor_only_group_sums(cola_path, flower_
     for name, w in weights.items():
         mean_grad = sum(u[name] for u in individual) / clients
         torch.testing.assert_close(new[name], w - 0.5 * mean_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_lora_sends_only_the_factors_and_the_head(cola_path, family) -> None:
+    from tests.test_dager import TINY
+
+    sc = scenario(*TINY[family], f"data.source={cola_path}", "training.batch_size=2", "model.lora={r=4, alpha=8}")
+    data = federation.federated_data(sc)
+    bundle = federation.build_global_model(sc, data.examples)
+    trainable = {n for n, p in bundle.model.named_parameters() if p.requires_grad}
+    frozen = sum(p.numel() for p in bundle.model.parameters() if not p.requires_grad)
+    assert trainable and frozen > 0
+    assert all("lora_" in n or any(h in n for h in ("score", "classifier")) for n in trainable), trainable
+    assert any("lora_A" in n for n in trainable) and any("lora_B" in n for n in trainable)
+    batch = federation.encode_examples(bundle, data.examples.subset(data.train[:2]), sc)
+    sent = federation.client_update(bundle, batch, sc, seed=0).tensors
+    assert set(sent) == trainable == set(bundle.trainable_state())
+    assert sum(v.numel() for v in sent.values()) < frozen / 10
