@@ -36,4 +36,4 @@ def test_report_escapes_client_text(tmp_path: Path) -> None:
     assert "](http" not in report
     assert md_escape("a|b") == "a\\|b"
     table_rows = [line for line in report.splitlines() if line.startswith("| 0 | embedding-rows")]
-    assert len(table_rows) == 1 and table_rows[0].count(" | ") == 6  # the '|' in the text did not add a cell
+    assert len(table_rows) == 1 and table_rows[0].count(" | ") == 7  # the '|' in the text did not add a cell

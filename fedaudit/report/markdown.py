@@ -53,6 +53,27 @@ def _summaries(audits: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def defenses_line(scenario: dict[str, Any]) -> str:
+    """The defenses in effect, as one line: DP settings and update transforms in their order,
+    secure aggregation, LoRA and a non-SGD local optimizer."""
+    parts = []
+    defenses = dict(scenario.get("defenses", {}))
+    order = defenses.pop("order", [])
+    for name in [k for k in defenses if k not in order] + list(order):
+        settings = defenses.get(name)
+        if isinstance(settings, dict):
+            parts.append(f"{name} (" + ", ".join(f"{k} {v}" for k, v in settings.items()) + ")")
+    group = scenario.get("federation", {}).get("secure_aggregation_group", 1)
+    if group > 1:
+        parts.append(f"secure aggregation in groups of {group}")
+    lora = scenario.get("model", {}).get("lora")
+    if lora:
+        parts.append("LoRA (" + ", ".join(f"{k} {v}" for k, v in lora.items()) + ")")
+    if scenario.get("training", {}).get("optimizer", "sgd") != "sgd":
+        parts.append(f"local optimizer {scenario['training']['optimizer']}")
+    return "; ".join(parts) or "none"
+
+
 def render_report(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     records = read_records(run_dir)
@@ -67,8 +88,9 @@ def render_report(run_dir: str | Path) -> str:
                       autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["md"] = md_escape
     env.filters["metrics"] = format_metrics
+    env.filters["epsilon"] = lambda e: str(e) if isinstance(e, str) else f"{e:.3g}"  # "inf" is stored as a string
     return env.get_template("report.template.md").render(
-        run_id=run_dir.name, scenario=scenario, summaries=_summaries(audits), utility=utility,
+        run_id=run_dir.name, scenario=scenario, defenses=defenses_line(scenario) if scenario else "", summaries=_summaries(audits), utility=utility,
         accuracy_line=sparkline([u["metrics"]["accuracy"] for u in utility]),
         loss_line=sparkline([u["metrics"]["loss"] for u in utility]),
         rounds=sorted(rounds.items()), errors=[r for r in records if r.get("type") == "client_error"],
