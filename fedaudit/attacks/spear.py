@@ -672,6 +672,8 @@ class _Pool:
         second example) only makes mixtures, which the exact rank test rejects.
         """
         known = [i for i in self.inverse if self.real.get(i) is not False]
+        if not known:
+            return self.f.L[:0]
         q = self.matrix[:, known]
         p = torch.stack([self.inverse[i] for i in known])  # k x B
         coef = (self.f.L @ q) / (p * q.T).sum(1)
