@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedaudit.attacks.base import Budget
-from fedaudit.attacks.spear import F64, Spear, factor, missing_direction, missing_pair, row_directions
+from fedaudit.attacks.spear import F64, Spear, _Pool, factor, missing_direction, missing_pair, row_directions
 from fedaudit.audit.scoring import score
 from fedaudit.config import DataConfig
 from fedaudit.data import load_examples
@@ -89,6 +89,17 @@ def test_neurons_on_for_one_example_give_its_column(data_dir) -> None:
     match = (q.T @ found).abs()  # 25 x candidates
     assert (match.amax(0) > 1 - 1e-8).float().mean() >= 0.9  # nearly every candidate is a true column
     assert examples <= set(torch.nonzero(match.amax(1) > 1 - 1e-8).flatten().tolist())
+    # the pool keeps a row-read column only when its input reproduces its zero set; peeling those
+    # examples out of the rows of L gives columns of examples with no single-example neuron
+    pool = _Pool(f, weight, bias)
+    found, p = row_directions(f, pool.basis, pool.inputs_map, bias, f.L)
+    pool.add(found, torch.empty(0), [torch.empty(0, dtype=torch.long)] * found.shape[1], p)
+    first = (q.T @ pool.matrix).abs().amax(1) > 1 - 1e-8
+    assert ((q.T @ pool.matrix).abs().amax(0) > 1 - 1e-8).all()  # every kept one is a true column
+    assert examples <= set(torch.nonzero(first).flatten().tolist()) and len(pool.inverse) == int(first.sum())
+    peeled, _ = row_directions(f, pool.basis, pool.inputs_map, bias, pool.deflated())
+    more = ((q.T @ peeled).abs() > 1 - 1e-8).any(1) & ~first
+    assert int(more.sum()) >= 2
     rec = Spear(device="cpu").run(observation, Budget(120))
     assert rec.status == "exact", rec.reason
     assert score(rec, truth, observation.model)["exact_fraction"] == 1.0
