@@ -2,13 +2,15 @@
 
 Sweeps (each cell is a full ``fedaudit run``: clients train, the server audits and evaluates):
 
-* dp:     DAGER on GPT-2 (width 768, 2 blocks, random init), CoLA, B = 8, vs DP-SGD noise
+* dp:     DAGER on GPT-2 (width 768, 3 blocks, random init), CoLA, B = 8, vs DP-SGD noise
           multiplier at clip 1.0, one client, one round; epsilon from Opacus's accountant.
 * fedavg: DAGER vs FedAvg local epochs x lr (mini-batches of 2 from B = 8, float64 weights).
-* prune:  SPEAR, DLG, IG and labels on MNIST (MLP 784-1000-10, b = 1) vs gradient pruning.
+* prune:  DLG, iDLG, IG and labels on MNIST (the DLG paper's sigmoid LeNet, b = 1) vs gradient
+          pruning; prune_spear: SPEAR on MNIST (MLP 784-1000-10, b = 8) vs the same pruning.
 * secagg: DAGER on MiniLM-L6 vs secure-aggregation group size K (8 clients of B = 4).
 
-GPT-2 keeps its width but runs 2 transformer blocks (DAGER reads only layers 1 and 2), so a cell
+GPT-2 keeps its width but runs 3 transformer blocks (DAGER reads layers 1 and 2; a classifier's
+layer-2 queries reach the loss through a third), so a cell
 trains and evaluates in minutes on a CPU. ``--collect`` rebuilds defenses.md from the sweep
 folders already in ``benchmarks/results/defenses/`` without running anything.
 
@@ -29,25 +31,28 @@ from common import RESULTS, device_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = RESULTS / "defenses"
-TWO_BLOCKS_GPT2 = "model.config={n_layer=2}"
+THREE_BLOCKS_GPT2 = "model.config={n_layer=3}"
 
 SWEEPS: dict[str, tuple[str, list[str], list[str]]] = {
-    "prune": ("simulations/mnist_pruning.toml", ["defenses.prune.fraction=0,0.1,0.2,0.5,0.9"],
-              ["federation.clients=1", "audit.budget_seconds=60"]),
+    "prune": ("simulations/mnist_pruning.toml", ["defenses.prune.fraction=0,0.1,0.2,0.5,0.9"], []),
+    "prune_spear": ("simulations/mnist_mlp_spear.toml", ["defenses.prune.fraction=0,0.1,0.2,0.5,0.9"],
+                    ["federation.clients=2", "federation.rounds=1", "audit.attacks=['spear']"]),
     "dp": ("simulations/gpt2_dpsgd.toml", ["defenses.dp_sgd.noise_multiplier=0,1e-4,1e-3,1e-2,0.1,1"],
-           [TWO_BLOCKS_GPT2, "federation.clients=1", "federation.rounds=1", "audit.attacks=['dager']"]),
+           [THREE_BLOCKS_GPT2, "federation.clients=1", "federation.rounds=1", "audit.attacks=['dager']"]),
     "fedavg": ("simulations/gpt2_fedavg_epochs.toml",
                ["training.local_epochs=1,2,5,10", "training.lr=1e-5,1e-4,5e-4"],
-               [TWO_BLOCKS_GPT2, "federation.clients=1"]),
+               [THREE_BLOCKS_GPT2, "federation.clients=1"]),
     "secagg": ("simulations/bert_secagg.toml", ["federation.secure_aggregation_group=1,2,4,8"],
                ["audit.attacks=['dager']"]),
 }
 
 TITLES = {
-    "dp": "DAGER vs DP-SGD (GPT-2 width 768, 2 blocks, CoLA, B = 8, clip 1.0, one client, one round)",
-    "fedavg": "DAGER vs FedAvg local epochs and learning rate (GPT-2 width 768, 2 blocks, float64, B = 8, "
+    "dp": "DAGER vs DP-SGD (GPT-2 width 768, 3 blocks, CoLA, B = 8, clip 1.0, one client, one round)",
+    "fedavg": "DAGER vs FedAvg local epochs and learning rate (GPT-2 width 768, 3 blocks, float64, B = 8, "
               "mini-batches of 2, one client, one round)",
-    "prune": "SPEAR / DLG / IG / labels vs gradient pruning (MNIST, MLP 784-1000-10, b = 1, one client, one round)",
+    "prune": "DLG / iDLG / IG / labels vs gradient pruning (MNIST, sigmoid LeNet, uniform init, b = 1, 2 clients, "
+             "one round)",
+    "prune_spear": "SPEAR vs gradient pruning (MNIST, MLP 784-1000-10, b = 8, 2 clients, one round)",
     "secagg": "DAGER vs secure-aggregation group size K (MiniLM-L6, CoLA, 8 clients x B = 4, one round)",
 }
 
@@ -58,6 +63,8 @@ COLUMNS = {
                "attack_seconds"],
     "prune": ["defenses.prune.fraction", "attack", "statuses", "psnr", "ssim", "exact_fraction", "label_accuracy",
               "accuracy", "attack_seconds"],
+    "prune_spear": ["defenses.prune.fraction", "statuses", "psnr", "ssim", "exact_fraction", "accuracy",
+                    "attack_seconds"],
     "secagg": ["federation.secure_aggregation_group", "audits", "statuses", "rouge1", "rouge2", "exact_match",
                "token_recall", "accuracy", "attack_seconds"],
 }
