@@ -196,3 +196,23 @@ def test_dense_models_train_on_images_and_tables(data_dir) -> None:
     assert [d.relu_after for d in adapter.dense_layers] == [True] and not adapter.dense_layers[0].reads_input
     assert all(torch.isfinite(g).all() for g in observation.update.values())
     assert truth.features.shape == (4, 3, 32, 32)
+
+
+def test_noised_updates_degrade_spear_gracefully_with_reasons() -> None:
+    """The noise defense (public std): tiny noise still gives the batch back, heavy noise leaves
+    nothing above the noise edge; every outcome is a status with a reason, never an error."""
+    from fedaudit.attacks import Budget
+    from fedaudit.attacks.spear import Spear
+    from fedaudit.audit.scoring import score
+    from tests.helpers import client_updates, scenario
+
+    results = {}
+    for scale in (1e-7, 1.0):
+        sc = scenario("data.source=digits", "model.name=mlp", "model.config={hidden=[256]}", "training.batch_size=4",
+                      f"defenses.noise.scale={scale}")
+        ((observation, truth),) = client_updates(sc, 1)
+        rec = Spear(device="cpu").run(observation, Budget(20))
+        assert rec.status in ("partial", "failed") and "noise" in rec.reason
+        results[scale] = (rec, score(rec, truth, observation.model))
+    assert results[1e-7][1]["psnr"] >= 60
+    assert results[1.0][0].status == "failed" and "below the edge" in results[1.0][0].reason

@@ -54,7 +54,7 @@ import torch
 from scipy.stats import poisson
 
 from fedaudit.attacks.base import Budget, BudgetExceeded, Reconstruction, resolve_device
-from fedaudit.attacks.spectral import left_singular, spectral_rank
+from fedaudit.attacks.spectral import left_singular, noise_edge, rank_above_noise, spectral_rank
 
 if TYPE_CHECKING:
     from fedaudit.audit.observation import Observation
@@ -127,12 +127,27 @@ class Factors:
         return rel <= cut
 
 
-def factor(gradient: torch.Tensor, floor: float) -> Factors:
-    """Active rows, batch size (spectral rank) and the factors L, R of the weight gradient."""
+def factor(gradient: torch.Tensor, floor: float, noise_std: float = 0.0) -> Factors:
+    """Active rows, batch size (spectral rank) and the factors L, R of the weight gradient.
+
+    With protocol noise of std ``noise_std`` per entry, the batch size is the count of singular
+    values above the noise edge (``spectral.noise_edge``) and the floor becomes the noise relative
+    to the weakest of them, squared (zeros are judged at sqrt(floor)): a neuron counts as off when
+    its row is as small as the noise can make it.
+    """
     g = gradient.to(F64)
     norms = g.norm(dim=1)
-    rows = torch.nonzero(norms > floor * norms.max()).flatten()
+    # Under noise a neuron off for the whole batch still has a row: noise alone, whose norm stays
+    # below noise_std (sqrt(n) + sqrt(2 ln m)) but for a chance of 1/m (Gaussian concentration).
+    m, n = g.shape
+    cut = max(floor * float(norms.max()), noise_std * (math.sqrt(n) + math.sqrt(2 * math.log(max(m, 2)))))
+    rows = torch.nonzero(norms > cut).flatten()
     u, s, vt = left_singular(g[rows])
+    if noise_std > 0:
+        b = rank_above_noise(s, noise_edge(noise_std, len(rows), g.shape[1]))
+        if b:
+            floor = max(floor, min(1.0, noise_edge(noise_std, len(rows), g.shape[1]) / float(s[b - 1])) ** 2)
+        return Factors(L=u[:, :b].contiguous(), R=(s[:b, None] * vt[:b]).contiguous(), rows=rows, floor=floor)
     b = spectral_rank(s, floor)
     return Factors(L=u[:, :b].contiguous(), R=(s[:b, None] * vt[:b]).contiguous(), rows=rows, floor=floor)
 
@@ -512,14 +527,19 @@ class Spear:
         if not (torch.isfinite(grad_w).all() and torch.isfinite(grad_b).all()):
             raise ValueError(f"the gradient of {layer.module} contains NaN or inf")
         floor = float(torch.finfo(observation.model.dtype).eps)
-        f = factor(grad_w, floor)
+        noise = observation.gradient_noise_std
+        f = factor(grad_w, floor, noise)
         m, n = grad_w.shape
         b, expected = f.batch, observation.protocol.num_examples
         diag: dict[str, Any] = {"layer": layer.module, "width": m, "input_dim": n, "active_rows": len(f.rows),
                                 "batch_from_rank": b, "examples_reported": expected, "device": str(self.device),
                                 "expected_samples_at_half_sparsity": expected_samples(len(f.rows), b, 0.5)}
+        if noise > 0:
+            diag.update(noise_std=noise, zero_tolerance=math.sqrt(f.floor))
         if b == 0:
-            return Reconstruction("failed", f"the gradient of {layer.module} is zero", diagnostics=diag)
+            why = (f"every singular value of the gradient of {layer.module} lies below the edge of the protocol "
+                   f"noise (std {noise:.3g} per entry)") if noise > 0 else f"the gradient of {layer.module} is zero"
+            return Reconstruction("failed", why, diagnostics=diag)
         if b >= min(len(f.rows), n):
             return Reconstruction("partial", (
                 f"batch size not identifiable: the gradient of {layer.module} has full rank {b} (width {m}, "
@@ -536,6 +556,9 @@ class Spear:
             why = (f"found {solution.found} of the {b} directions before the budget ran out "
                    f"({diag['samples']} subsets sampled; uniform draws would need about {diag['uniform_samples_needed']:.3g})") if ran_out \
                 else "no direction passed the sparsity filter"
+            if noise > 0:
+                why += (f"; the update carries protocol noise (std {noise:.3g} per gradient entry), so no neuron's "
+                        f"gradient is exactly zero: zeros are judged at {math.sqrt(f.floor):.3g} of each row")
             return Reconstruction("partial" if ran_out else "failed", why, diagnostics=diag)
         X = solution.X.cpu()
         inputs = X.reshape(b, *observation.model.input_shape) if layer.reads_input else X
@@ -546,6 +569,9 @@ class Spear:
         if b != expected:
             reasons.append(f"the gradient has rank {b} but the client reports {expected} examples "
                            "(repeated examples, or examples that reach no active neuron, add no rank)")
+        if noise > 0:  # zeros are only approximate: the inputs are estimates, not proofs
+            reasons.append(f"the update carries protocol noise (std {noise:.3g} per gradient entry): directions "
+                           f"and scales are estimated through it")
         if reasons:
             return Reconstruction("partial", "; ".join(reasons), inputs=inputs, diagnostics=diag)
         what = "inputs" if layer.reads_input else f"inputs of {layer.module} (features)"
