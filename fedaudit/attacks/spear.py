@@ -305,8 +305,9 @@ def refine(factors: Factors, q: torch.Tensor, subset: torch.Tensor) -> tuple[tor
     if float(s[b - 2] / s[0]) <= math.sqrt(factors.floor):
         return None
     for _ in range(4):
-        # full V^T (B x B): its last row is the null direction even when few rows remain
-        _, _, vt = torch.linalg.svd(factors.L[zero], full_matrices=True)
+        # V^T must be B x B (its last row is the null direction), full only when fewer than B rows
+        # remain: the full U of a few hundred rows costs ten times the rest
+        _, _, vt = torch.linalg.svd(factors.L[zero], full_matrices=int(zero.sum()) < b)
         q = vt[-1] * torch.sign(vt[-1] @ q)
         again = factors.zeros(q[:, None]).flatten()
         if int(again.sum()) < b - 1:
