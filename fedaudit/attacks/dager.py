@@ -516,6 +516,12 @@ class Dager:
                     seconds_layer1_terms=0.0 if reused else t_terms - t1, seconds_layer1=time.perf_counter() - t1)
         if not tokens:
             return Reconstruction("failed", "no vocabulary token passes the layer-1 span check", diagnostics=diag)
+        if absent1 <= present1:  # every residual sits at the noise ratio: nothing separates present from absent
+            return Reconstruction("failed", (
+                f"the layer-1 span check separates nothing: every (token, position) residual lies within the noise "
+                f"ratio {s1.noise:.3g} of the span ({int(passing.sum())} pass), so no sentence can be singled out"
+                + (f"; the update carries protocol noise (std {observation.gradient_noise_std:.3g} per gradient entry)"
+                   if observation.gradient_noise_std > 0 else "")), sequences=[], diagnostics=diag)
 
         # layer 2: calibrate on random sequences, then search
         absent2 = self._absent_layer2(setup)
