@@ -23,6 +23,9 @@ from fedaudit.defenses import apply_update_defenses
 from fedaudit.models import ModelBundle, build_model
 from fedaudit.training.local import Batch, LocalUpdate, encode, local_update
 
+#: Update defenses that change values entry by entry (noise is accounted for by its std; clipping
+#: scales the whole update, which leaves spans and input-to-bias ratios as they were).
+LOSSY_TRANSFORMS = ("prune", "quantize")
 #: Largest holdout the server evaluates each round (utility is a trend, not a benchmark).
 MAX_EVAL_EXAMPLES = 256
 
@@ -88,6 +91,7 @@ def protocol_for(scenario: Scenario, num_examples: int, group_size: int = 1) -> 
     return Protocol(mode=t.mode, lr=t.lr, local_epochs=t.local_epochs, batch_size=t.batch_size,
                     mini_batch_size=t.mini_batch_size, max_seq_len=t.max_seq_len, num_examples=num_examples,
                     optimizer=t.optimizer, group_size=group_size,
+                    lossy_transforms=tuple(k for k in scenario.defenses.order if k in LOSSY_TRANSFORMS),
                     noise_std=update_noise_std(scenario, steps) / math.sqrt(group_size))
 
 

@@ -216,3 +216,16 @@ def test_noised_updates_degrade_spear_gracefully_with_reasons() -> None:
         results[scale] = (rec, score(rec, truth, observation.model))
     assert results[1e-7][1]["psnr"] >= 60
     assert results[1.0][0].status == "failed" and "below the edge" in results[1.0][0].reason
+
+
+def test_a_pruned_update_gives_estimates_not_exact_inputs() -> None:
+    from fedaudit.attacks import Budget
+    from fedaudit.attacks.spear import Spear
+    from tests.helpers import client_updates, scenario
+
+    sc = scenario("data.source=digits", "model.name=mlp", "model.config={hidden=[256]}", "training.batch_size=4",
+                  "defenses.prune.fraction=0.2")
+    ((observation, _),) = client_updates(sc, 1)
+    assert observation.protocol.lossy_transforms == ("prune",)
+    rec = Spear(device="cpu").run(observation, Budget(20))
+    assert rec.status == "partial" and "pruned before it was sent" in rec.reason

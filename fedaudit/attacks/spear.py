@@ -570,6 +570,10 @@ class Spear:
         if b != expected:
             reasons.append(f"the gradient has rank {b} but the client reports {expected} examples "
                            "(repeated examples, or examples that reach no active neuron, add no rank)")
+        lossy = observation.protocol.lossy_transforms
+        if lossy:  # e.g. pruning zeroes small gradient entries: x = dW_i / db_i is read through that loss
+            reasons.append(f"the update was {' and '.join(lossy)}d before it was sent: the inputs are read "
+                           "through that loss, so their values are estimates")
         if noise > 0:  # zeros are only approximate: the inputs are estimates, not proofs
             reasons.append(f"the update carries protocol noise (std {noise:.3g} per gradient entry): directions "
                            f"and scales are estimated through it")

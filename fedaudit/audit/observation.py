@@ -34,6 +34,8 @@ class Protocol:
     optimizer: Literal["sgd", "adam"] = "sgd"
     group_size: int = 1
     """Clients whose updates the server sees only as one sum (secure aggregation); 1 = one client."""
+    lossy_transforms: tuple[str, ...] = ()
+    """Update defenses that changed values before sending (pruning, quantization): public settings."""
     noise_std: float = 0.0
     """Standard deviation of the noise each entry of the update carries by protocol (DP-SGD, local
     DP, a noise defense), in the units of ``Observation.update``: public, like the defense settings."""
