@@ -497,7 +497,10 @@ class Dager:
                 f"B*n >= d: the attention-input gradients fill the space their inputs can occupy (rank "
                 f"{s1.rank}/{s2.rank} of width {s1.width}; at least that many token vectors in {expected} examples), "
                 "so every input passes the span check and nothing can be singled out; "
-                "smaller batches, shorter sequences or a wider layer (or a larger LoRA r) would leak"),
+                "smaller batches, shorter sequences or a wider layer (or a larger LoRA r) would leak"
+                + ("" if observation.exact_gradient else
+                   f"; over {observation.protocol.local_steps} local steps the weights drift between steps, which "
+                   "spreads each input over more directions (a smaller lr or fewer steps keeps the span low)")),
                 diagnostics=diag)
 
         # layer 1: candidates per position
