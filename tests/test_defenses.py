@@ -179,3 +179,18 @@ def test_lora_sends_only_the_factors_and_the_head(cola_path, family) -> None:
     sent = federation.client_update(bundle, batch, sc, seed=0).tensors
     assert set(sent) == trainable == set(bundle.trainable_state())
     assert sum(v.numel() for v in sent.values()) < frozen / 10
+
+
+def test_embedding_rows_read_through_noise_count_only_rows_above_it(cola_path) -> None:
+    from fedaudit.attacks import Budget
+    from fedaudit.attacks.embedding_rows import EmbeddingRows
+    from fedaudit.audit.scoring import score
+    from tests.helpers import client_updates
+
+    sc = scenario(*TINY_GPT2, f"data.source={cola_path}", "training.batch_size=4", "defenses.noise.scale=1e-4")
+    ((observation, truth),) = client_updates(sc, 1)
+    assert bool((observation.update[observation.model.adapter.embedding] != 0).all())  # noise touched every row
+    rec = EmbeddingRows().run(observation, Budget(10))
+    metrics = score(rec, truth, observation.model)
+    assert rec.status == "partial" and "noise" in rec.reason
+    assert metrics["token_precision"] == 1.0 and metrics["token_recall"] >= 0.9

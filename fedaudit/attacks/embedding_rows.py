@@ -4,10 +4,14 @@ The embedding lookup E[x_t] has gradient dL/dE = sum_t onehot(x_t) (dL/de_t)^T: 
 non-zero only if token v occurs in the batch (and influences the loss). The backward pass is a
 scatter-add into the rows that were looked up, so every other row is exactly zero: no threshold
 is needed. (Melis et al., "Exploiting unintended feature leakage", S&P 2019, Sec. V-A.)
+Under protocol noise of std sigma per entry (DP-SGD, a noise defense) every row is non-zero; a
+row of d noise entries stays below sigma (sqrt(d) + sqrt(2 ln V)) in norm but for a chance of 1/V
+(Gaussian concentration), so only rows above that count, and the result is an estimate.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -34,10 +38,19 @@ class EmbeddingRows:
 
     def run(self, observation: Observation, budget: Budget) -> Reconstruction:
         update = observation.update[observation.model.adapter.embedding]
-        touched = torch.nonzero(update.abs().amax(dim=1) > 0).flatten()
+        noise = observation.protocol.noise_std
+        vocab, width = update.shape
+        if noise > 0:
+            cut = noise * (math.sqrt(width) + math.sqrt(2 * math.log(vocab)))
+            touched = torch.nonzero(update.double().norm(dim=1) > cut).flatten()
+        else:
+            touched = torch.nonzero(update.abs().amax(dim=1) > 0).flatten()
         tokens = set(touched.tolist())
-        diagnostics = {"rows_nonzero": len(tokens), "vocab_size": int(update.shape[0])}
+        diagnostics = {"rows_nonzero": len(tokens), "vocab_size": int(vocab)}
         caveats = []
+        if noise > 0:
+            caveats.append(f"the update carries protocol noise (std {noise:.3g} per entry): rows count as used when "
+                           f"their norm exceeds the noise bound {cut:.3g}, so rare tokens can hide and noise can pass")
         if observation.model.task == "causal-lm":
             caveats.append("in causal LM the last token of each sequence predicts nothing that is scored, "
                            "so its row stays zero unless the token also occurs earlier")
