@@ -91,8 +91,16 @@ def protocol_for(scenario: Scenario, num_examples: int, group_size: int = 1) -> 
     return Protocol(mode=t.mode, lr=t.lr, local_epochs=t.local_epochs, batch_size=t.batch_size,
                     mini_batch_size=t.mini_batch_size, max_seq_len=t.max_seq_len, num_examples=num_examples,
                     optimizer=t.optimizer, group_size=group_size,
-                    lossy_transforms=tuple(k for k in scenario.defenses.order if k in LOSSY_TRANSFORMS),
+                    lossy_transforms=lossy_transforms(scenario),
                     noise_std=update_noise_std(scenario, steps) / math.sqrt(group_size))
+
+
+def lossy_transforms(scenario: Scenario) -> tuple[str, ...]:
+    """The update defenses in force that change values (pruning at a fraction 0 with no threshold
+    changes nothing)."""
+    d = scenario.defenses
+    return tuple(k for k in d.order if k in LOSSY_TRANSFORMS
+                 and not (k == "prune" and d.prune.fraction == 0 and d.prune.threshold is None))
 
 
 def update_noise_std(scenario: Scenario, steps: int) -> float:

@@ -220,6 +220,7 @@ def test_noised_updates_degrade_spear_gracefully_with_reasons() -> None:
 
 def test_a_pruned_update_gives_estimates_not_exact_inputs() -> None:
     from fedaudit.attacks import Budget
+    from fedaudit import federation
     from fedaudit.attacks.spear import Spear
     from tests.helpers import client_updates, scenario
 
@@ -227,5 +228,6 @@ def test_a_pruned_update_gives_estimates_not_exact_inputs() -> None:
                   "defenses.prune.fraction=0.2")
     ((observation, _),) = client_updates(sc, 1)
     assert observation.protocol.lossy_transforms == ("prune",)
+    assert federation.lossy_transforms(scenario("defenses.prune.fraction=0")) == ()
     rec = Spear(device="cpu").run(observation, Budget(20))
     assert rec.status == "partial" and "pruned before it was sent" in rec.reason
