@@ -113,6 +113,12 @@ def collect() -> Path:
                   "| " + " | ".join(c.rsplit(".", 1)[-1] for c in columns) + " |", "|" + "---|" * len(columns)]
         for row in rows:
             lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
+        expected = 1
+        for g in grid:
+            expected *= len(g.split("=", 1)[1].split(","))
+        measured = len({row["cell"] for row in rows})
+        if measured < expected:
+            lines += ["", f"Measured {measured} of {expected} cells: the sweep was stopped before the rest."]
         errors = [row["error"] for row in rows if row.get("error")]
         if errors:
             lines += ["", "Cell errors: " + "; ".join(sorted(set(errors)))]
