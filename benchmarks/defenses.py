@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, device_name  # noqa: E402
+
+from fedaudit.sweep import parse_grid  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = RESULTS / "defenses"
@@ -113,9 +116,7 @@ def collect() -> Path:
                   "| " + " | ".join(c.rsplit(".", 1)[-1] for c in columns) + " |", "|" + "---|" * len(columns)]
         for row in rows:
             lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
-        expected = 1
-        for g in grid:
-            expected *= len(g.split("=", 1)[1].split(","))
+        expected = math.prod(len(values) for values in parse_grid(grid).values())
         measured = len({row["cell"] for row in rows})
         if measured < expected:
             lines += ["", f"Measured {measured} of {expected} cells: the sweep was stopped before the rest."]

@@ -87,12 +87,10 @@ def holdout_batch(bundle: ModelBundle, data: FederatedData, scenario: Scenario) 
 
 def protocol_for(scenario: Scenario, num_examples: int, group_size: int = 1) -> Protocol:
     t = scenario.training
-    steps = 1 if t.mode == "fedsgd" else t.local_epochs * math.ceil(num_examples / group_size / t.mini_batch_size)
-    return Protocol(mode=t.mode, lr=t.lr, local_epochs=t.local_epochs, batch_size=t.batch_size,
-                    mini_batch_size=t.mini_batch_size, max_seq_len=t.max_seq_len, num_examples=num_examples,
-                    optimizer=t.optimizer, group_size=group_size,
-                    lossy_transforms=lossy_transforms(scenario),
-                    noise_std=update_noise_std(scenario, steps) / math.sqrt(group_size))
+    protocol = Protocol(mode=t.mode, lr=t.lr, local_epochs=t.local_epochs, batch_size=t.batch_size,
+                        mini_batch_size=t.mini_batch_size, max_seq_len=t.max_seq_len, num_examples=num_examples,
+                        optimizer=t.optimizer, group_size=group_size, lossy_transforms=lossy_transforms(scenario))
+    return replace(protocol, noise_std=update_noise_std(scenario, protocol.local_steps) / math.sqrt(group_size))
 
 
 def lossy_transforms(scenario: Scenario) -> tuple[str, ...]:

@@ -89,9 +89,10 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
         key, sep, raw = item.partition("=")
         if not sep or not raw.strip():
             raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. training.local_epochs=1,2,5")
-        values = [parse_override(f"{key}={part}")[1] for part in _split_top_level(raw)]
-        if any(part == "" for part in _split_top_level(raw)):
+        parts = _split_top_level(raw)
+        if any(part == "" for part in parts):
             raise ConfigError(f"--grid {item!r}: an empty value in the list")
+        values = [parse_override(f"{key}={part}")[1] for part in parts]
         if key.strip() in grid:
             raise ConfigError(f"--grid {key.strip()!r} is given twice")
         grid[key.strip()] = values
@@ -119,14 +120,15 @@ def run_cell(cell: Cell, scenario_path: Path | None, overrides: list[str], sweep
     cmd = [sys.executable, "-m", "fedaudit.cli", "run", *([str(scenario_path)] if scenario_path else []),
            *(arg for o in [*overrides, *cell.overrides, f"output.dir={_toml_value(str(cell_dir))}"]
              for arg in ("--set", o))]
+    log_path = sweep_dir / f"cell-{cell.index:02d}.log"
     start = time.perf_counter()
-    with (sweep_dir / f"cell-{cell.index:02d}.log").open("w", encoding="utf-8") as log:
+    with log_path.open("w", encoding="utf-8") as log:
         done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
     seconds = time.perf_counter() - start
     runs = sorted(p for p in cell_dir.glob("*") if (p / RECORDS).is_file()) if cell_dir.is_dir() else []
     result = CellResult(cell, runs[-1] if runs else None, seconds)
     if done.returncode != 0:
-        tail = (sweep_dir / f"cell-{cell.index:02d}.log").read_text(encoding="utf-8").strip().splitlines()
+        tail = log_path.read_text(encoding="utf-8").strip().splitlines()
         errors = [line for line in tail if "error" in line.lower()]
         result.error = (errors or tail or [f"exit status {done.returncode}"])[-1][:300]
     if result.run_dir is not None:
@@ -139,6 +141,7 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     accuracy and the largest epsilon any client reported."""
     utility = utility_records(records)
     final = utility[-1]["metrics"] if utility else {}
+    rounds = max((u["round"] for u in utility), default=0)
     audits = attack_records(records)
     client_errors = sum(r.get("type") == "client_error" for r in records)
     epsilons = [float(r["diagnostics"]["epsilon"]) for r in audits if "epsilon" in r.get("diagnostics", {})]
@@ -148,13 +151,13 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mine = [r for r in audits if r["attack"] == name]
         rows.append({"attack": name, "audits": len(mine),
                      "statuses": " ".join(f"{k}:{v}" for k, v in status_counts(mine).items()),
-                     **mean_metrics(mine), "rounds": max((u["round"] for u in utility), default=0), "accuracy": final.get("accuracy"),
+                     **mean_metrics(mine), "rounds": rounds, "accuracy": final.get("accuracy"),
                      "loss": final.get("loss"), "epsilon": max(epsilons) if epsilons else None,
                      "delta": max(deltas) if deltas else None,
                      "attack_seconds": mean(r["seconds"] for r in mine), "client_errors": client_errors})
     if not rows:
         rows.append({"attack": "", "audits": 0, "statuses": f"client errors: {client_errors}" if client_errors else
-                     "no audits", "rounds": max((u["round"] for u in utility), default=0), "accuracy": final.get("accuracy"), "loss": final.get("loss"),
+                     "no audits", "rounds": rounds, "accuracy": final.get("accuracy"), "loss": final.get("loss"),
                      "client_errors": client_errors})
     return rows
 

@@ -4,19 +4,18 @@ The embedding lookup E[x_t] has gradient dL/dE = sum_t onehot(x_t) (dL/de_t)^T: 
 non-zero only if token v occurs in the batch (and influences the loss). The backward pass is a
 scatter-add into the rows that were looked up, so every other row is exactly zero: no threshold
 is needed. (Melis et al., "Exploiting unintended feature leakage", S&P 2019, Sec. V-A.)
-Under protocol noise of std sigma per entry (DP-SGD, a noise defense) every row is non-zero; a
-row of d noise entries stays below sigma (sqrt(d) + sqrt(2 ln V)) in norm but for a chance of 1/V
-(Gaussian concentration), so only rows above that count, and the result is an estimate.
+Under protocol noise (DP-SGD, a noise defense) every row is non-zero; only rows above the norm a
+row of pure noise reaches (``spectral.noise_row_bound``) count, and the result is an estimate.
 """
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
 
 from fedaudit.attacks.base import Budget, Reconstruction
+from fedaudit.attacks.spectral import noise_row_bound
 
 if TYPE_CHECKING:
     from fedaudit.audit.observation import Observation
@@ -41,7 +40,7 @@ class EmbeddingRows:
         noise = observation.protocol.noise_std
         vocab, width = update.shape
         if noise > 0:
-            cut = noise * (math.sqrt(width) + math.sqrt(2 * math.log(vocab)))
+            cut = noise_row_bound(noise, width, vocab)
             touched = torch.nonzero(update.double().norm(dim=1) > cut).flatten()
         else:
             touched = torch.nonzero(update.abs().amax(dim=1) > 0).flatten()

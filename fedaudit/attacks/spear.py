@@ -54,7 +54,7 @@ import torch
 from scipy.stats import poisson
 
 from fedaudit.attacks.base import Budget, BudgetExceeded, Reconstruction, resolve_device
-from fedaudit.attacks.spectral import left_singular, noise_edge, rank_above_noise, spectral_rank
+from fedaudit.attacks.spectral import left_singular, noise_edge, noise_row_bound, rank_above_noise, spectral_rank
 
 if TYPE_CHECKING:
     from fedaudit.audit.observation import Observation
@@ -137,16 +137,16 @@ def factor(gradient: torch.Tensor, floor: float, noise_std: float = 0.0) -> Fact
     """
     g = gradient.to(F64)
     norms = g.norm(dim=1)
-    # Under noise a neuron off for the whole batch still has a row: noise alone, whose norm stays
-    # below noise_std (sqrt(n) + sqrt(2 ln m)) but for a chance of 1/m (Gaussian concentration).
+    # Under noise a neuron off for the whole batch still has a row: noise alone (``noise_row_bound``).
     m, n = g.shape
-    cut = max(floor * float(norms.max()), noise_std * (math.sqrt(n) + math.sqrt(2 * math.log(max(m, 2)))))
+    cut = max(floor * float(norms.max()), noise_row_bound(noise_std, n, m))
     rows = torch.nonzero(norms > cut).flatten()
     u, s, vt = left_singular(g[rows])
     if noise_std > 0:
-        b = rank_above_noise(s, noise_edge(noise_std, len(rows), g.shape[1]))
+        edge = noise_edge(noise_std, len(rows), n)
+        b = rank_above_noise(s, edge)
         if b:
-            floor = max(floor, min(1.0, noise_edge(noise_std, len(rows), g.shape[1]) / float(s[b - 1])) ** 2)
+            floor = max(floor, min(1.0, edge / float(s[b - 1])) ** 2)
         return Factors(L=u[:, :b].contiguous(), R=(s[:b, None] * vt[:b]).contiguous(), rows=rows, floor=floor)
     b = spectral_rank(s, floor)
     return Factors(L=u[:, :b].contiguous(), R=(s[:b, None] * vt[:b]).contiguous(), rows=rows, floor=floor)

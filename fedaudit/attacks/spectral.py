@@ -43,6 +43,13 @@ def noise_edge(noise_std: float, rows: int, cols: int) -> float:
     return noise_std * (math.sqrt(rows) + math.sqrt(cols) + math.sqrt(2 * math.log(rows + cols)))
 
 
+def noise_row_bound(noise_std: float, width: int, rows: int) -> float:
+    """Largest norm a row of ``width`` pure-noise entries (std ``noise_std``) reaches among ``rows``
+    such rows: sigma (sqrt(width) + sqrt(2 ln rows)), exceeded with chance below 1 / rows
+    (Gaussian concentration of the norm, a 1-Lipschitz function). Rows above it carry signal."""
+    return noise_std * (math.sqrt(width) + math.sqrt(2 * math.log(max(rows, 2))))
+
+
 def rank_above_noise(singular_values: torch.Tensor, edge: float) -> int:
     """How many singular values stand above the noise edge."""
     return int((singular_values.to(F64) > edge).sum())
