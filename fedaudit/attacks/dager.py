@@ -29,9 +29,13 @@ no per-batch-size tolerances.
 
 Protocols. FedSGD gives the batch gradient: the check is exact up to float rounding. FedAvg
 gives W_E - W_0 = -lr * sum_s g_s over S local steps, whose span is the union of the inputs at
-every step; embeddings and norms move by O(lr) between steps, so candidates are formed at the
-midpoint weights W_0 + (W_E - W_0)/2 and the residual of a true input is O(lr^2) instead of 0:
-approximate, and the thresholds widen with the observed noise ratio. LoRA: see ``_query_span``.
+every step's weights. Over E > 1 local epochs each input is seen at E weights: to first order in
+the weight drift that is the input plus one drift direction, so the span keeps twice the
+inputs' rank (``estimate_span(drift=True)``).
+Candidates are formed at the midpoint weights W_0 + (W_E - W_0)/2, so a true input sits as far
+from the span as the weights moved between its step and the midpoint; the layer-2 threshold is
+calibrated on that distance as measured on the first position (``Dager._attack``). Approximate:
+such results are ``partial`` with the reason. LoRA: see ``_input_span``.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import torch
 from torch import nn
 
 from fedaudit.attacks.base import Budget, BudgetExceeded, Reconstruction, resolve_device
-from fedaudit.attacks.spectral import left_singular, noise_edge, rank_above_noise, spectral_rank
+from fedaudit.attacks.spectral import gap_rank, left_singular, noise_edge, rank_above_noise, spectral_rank
 
 if TYPE_CHECKING:
     from fedaudit.audit.observation import Observation
@@ -95,7 +99,7 @@ class Span:
 
 
 def estimate_span(gradient: torch.Tensor, noise_floor: float, input_map: torch.Tensor | None = None,
-                  source: str = "", min_rank: int = 0, noise_std: float = 0.0) -> Span:
+                  source: str = "", min_rank: int = 0, noise_std: float = 0.0, drift: bool = False) -> Span:
     """Span of the input-side space of ``gradient`` (k_in x m): rank at the largest spectral gap.
 
     ``noise_floor`` is the relative rounding level of the numbers the gradient was sent in: a
@@ -104,6 +108,16 @@ def estimate_span(gradient: torch.Tensor, noise_floor: float, input_map: torch.T
     ``noise_std``: noise per entry added by protocol (DP-SGD, a noise defense). Then the rank is
     the count of singular values above the noise edge (``spectral.noise_edge``), and the noise
     ratio is the edge over the weakest signal value: how far a true input may sit from the span.
+    ``drift``: the gradient sums each input as seen at several weights (FedAvg over several local
+    epochs). Input i at step s is x_i(w_s) = x_i + (w_s - w_0) . dx_i/dw + O(|w_s - w_0|^2), so
+    the update spans {x_i} plus their drift: to first order 2r directions for r inputs, with the
+    drift's singular values fading smoothly below the inputs' (down to rounding after E r
+    directions for E epochs). The rank r is the sharpest drop within the signal
+    (``spectral.gap_rank``) among the first width / 2 values (first-order drift needs as many
+    directions again); the basis keeps 2r directions (no more
+    than leave r outside, so absent inputs keep a residual of order sqrt(r / width)), and a true
+    input's residual is then second order: the noise ratio is the first direction left out over
+    the weakest input direction.
     """
     g = gradient.to(F64)
     if not torch.isfinite(g).all():
@@ -120,11 +134,12 @@ def estimate_span(gradient: torch.Tensor, noise_floor: float, input_map: torch.T
         noise = min(1.0, edge / float(s[rank - 1]))
         return Span(basis=u[:, :rank].contiguous(), rank=rank, width=width, noise=noise,
                     input_map=input_map, source=source)
-    rank = spectral_rank(s, noise_floor, min_rank)
+    rank = gap_rank(s, noise_floor, min_rank, width // 2) if drift else spectral_rank(s, noise_floor, min_rank)
     if rank == 0:
         raise ValueError(f"the gradient of {source or 'the query projection'} is zero")
-    noise = float(rel[rank] / rel[rank - 1]) if rank < s.numel() else 1.0
-    return Span(basis=u[:, :rank].contiguous(), rank=rank, width=width, noise=noise,
+    kept = max(rank, min(2 * rank, width - rank)) if drift else rank
+    noise = float(rel[kept] / rel[rank - 1]) if kept < s.numel() else 1.0
+    return Span(basis=u[:, :kept].contiguous(), rank=rank, width=width, noise=noise,
                 input_map=input_map, source=source)
 
 
@@ -132,9 +147,10 @@ class NoiseDominates(ValueError):
     """The update's protocol noise hides every direction of a gradient the attack needs."""
 
 
-def threshold(span: Span, absent: float) -> float:
-    """Geometric middle between the residual a true input can show and the closest absent one."""
-    return math.sqrt(max(span.noise, torch.finfo(F64).eps) * max(absent, torch.finfo(F64).eps))
+def threshold(span: Span, absent: float, present: float = 0.0) -> float:
+    """Geometric middle between the residual a true input can show (the span's noise ratio, or
+    ``present`` when measured larger) and the closest absent one."""
+    return math.sqrt(max(span.noise, present, torch.finfo(F64).eps) * max(absent, torch.finfo(F64).eps))
 
 
 def split_at_gap(residuals: torch.Tensor, floor: float, rank: int) -> tuple[float, float]:
@@ -378,7 +394,6 @@ class Dager:
 
     def _input_span(self, observation: Observation, entry: AttentionInput, floor: float, layer: int,
                     min_rank: int = 0) -> Span:
-        noise = observation.gradient_noise_std
         """The span of one attention layer's inputs, from the full weights or from LoRA factors.
 
         Full weights: the query, key and value gradients side by side (all read the same input).
@@ -388,21 +403,23 @@ class Dager:
         A x in R^r. Once B != 0, dL/dA spans the inputs in full dimension. Either way the factors
         separate inputs only while the batch holds fewer than r token vectors (r > B*n).
         """
+        noise = observation.gradient_noise_std
+        drift = observation.protocol.mode == "fedavg" and observation.protocol.local_epochs > 1
         for proj in entry.projections:
             if proj.lora_a is None or proj.lora_a not in observation.update:
                 continue
             if not bool(observation.global_weights[proj.lora_b].any()):
                 a = observation.global_weights[proj.lora_a].to(self.device, F64)
                 grad_b = observation.gradient(proj.lora_b)  # (out, r)
-                return estimate_span(grad_b.T.to(self.device), floor, input_map=a, noise_std=noise,
+                return estimate_span(grad_b.T.to(self.device), floor, input_map=a, noise_std=noise, drift=drift,
                                      source=f"{proj.lora_b} (layer {layer}; LoRA B = 0, so inputs are seen as A x)")
-            return estimate_span(observation.gradient(proj.lora_a).T.to(self.device), floor, noise_std=noise,
+            return estimate_span(observation.gradient(proj.lora_a).T.to(self.device), floor, noise_std=noise, drift=drift,
                                  source=f"{proj.lora_a} (layer {layer})")
         grads = [observation.gradient(p.weight) for p in entry.projections if p.weight in observation.update]
         grads = [g if p.in_features_first else g.T for p, g in zip(entry.projections, grads)]
         names = ", ".join(p.weight for p in entry.projections if p.weight in observation.update)
         return estimate_span(torch.cat(grads, dim=1).to(self.device), floor, source=f"{names} (layer {layer})",
-                             min_rank=min_rank, noise_std=noise)
+                             min_rank=min_rank, noise_std=noise, drift=drift)
 
     def _model(self, observation: Observation) -> nn.Module:
         """The global model, or for FedAvg the midpoint of the local trajectory (see module doc)."""
@@ -442,12 +459,7 @@ class Dager:
             return eps
         weights = max(float(w.abs().max()) for w in observation.global_weights.values() if w.numel())
         update = max(float(u.abs().max()) for u in observation.update.values() if u.numel())
-        rounding = eps * weights / max(update, torch.finfo(F64).tiny)
-        if observation.exact_gradient:
-            return min(1.0, rounding)
-        # Several local steps: each input is seen at S slightly different weights; the spread
-        # (relative weight movement, |W_E - W_0| / |W|) adds directions that are drift, not tokens.
-        return min(1.0, max(rounding, update / max(weights, torch.finfo(F64).tiny)))
+        return min(1.0, eps * weights / max(update, torch.finfo(F64).tiny))
 
     def _setup(self, observation: Observation) -> _Setup:
         adapter = observation.model.adapter
@@ -487,6 +499,7 @@ class Dager:
         diag: dict[str, Any] = {}
         diag.update(vocabulary=setup.vocab, positions_checked=int(setup.first.positions.shape[0]),
                     rank_layer1=s1.rank, rank_layer2=s2.rank, tokens_implied=s1.rank, model_width=d,
+                    basis_layer1=int(s1.basis.shape[1]), basis_layer2=int(s2.basis.shape[1]),
                     check_width=s1.width, span_source=s1.source, noise_layer1=s1.noise, noise_layer2=s2.noise,
                     device=str(self.device))
         if observation.gradient_noise_std > 0:
@@ -527,17 +540,23 @@ class Dager:
                    if observation.gradient_noise_std > 0 else "")), sequences=[], diagnostics=diag)
 
         # layer 2: calibrate on random sequences, then search
-        absent2 = self._absent_layer2(setup)
+        random2 = self._random_layer2_residuals(setup)
+        absent2 = float(random2.min()) if random2.numel() else 1.0
         tau2 = threshold(s2, absent2)
         rotary = observation.model.adapter.first_input.positions is None
-        if not observation.exact_gradient and observation.model.adapter.is_decoder and candidates[0].numel() > 1:
-            # Several local steps: the span mixes each input at several weights, so the spectral
-            # noise ratio says little; calibrate on the data instead. Position 0 reads token 0
-            # alone, so its layer-1 candidates split at the largest gap of their layer-2
-            # residuals into first tokens (drift-sized residuals) and completions.
-            present, gap_absent = split_at_gap(self._first_position_residuals(setup, candidates[0]),
-                                               floor=s2.noise, rank=int(candidates[0].numel()))
-            tau2 = min(tau2, math.sqrt(present * min(gap_absent, absent2)))
+        if not observation.exact_gradient:
+            # Several local steps: candidates are formed at the midpoint weights, while each input
+            # was seen at the weights of its own steps, so a true input sits as far from the span
+            # as the weights moved, which the spectrum does not show. Calibrate on the data.
+            # Decoders: position 0 reads token 0 alone, so its layer-1 candidates (first tokens,
+            # and completions) and the random sequences (absent) split at the largest gap of their
+            # layer-2 residuals; the side below it is how far true inputs sit. Encoders read the
+            # whole sentence at every position: the layer-1 present side is the best measure.
+            present = present1
+            if observation.model.adapter.is_decoder:
+                first = self._first_position_residuals(setup, candidates[0])
+                present, _ = split_at_gap(torch.cat([first, random2]), floor=s2.noise, rank=int(first.numel()))
+            tau2 = threshold(s2, absent2, present=present)
             diag.update(farthest_present_layer2=present)
         diag.update(threshold_layer2=tau2, closest_absent_layer2=absent2)
         search = _DecoderSearch if observation.model.adapter.is_decoder else _EncoderSearch
@@ -556,7 +575,8 @@ class Dager:
             reasons.append(f"the time budget ran out during the layer-2 search ({len(finder.found)} sentences verified)")
         if finder.explained() < s2.rank:
             reasons.append(f"the verified sentences explain {finder.explained()} of the {s2.rank} layer-2 input "
-                           "vectors the gradient holds")
+                           "vectors the gradient holds" + ("" if observation.exact_gradient else
+                                                           " (under drift that rank is an upper bound)"))
         if len(finder.found) > expected:
             reasons.append(f"{len(finder.found)} sentences pass every check but the client reports {expected} "
                            "examples: the checks let some false sentences through; the best are returned")
@@ -602,12 +622,12 @@ class Dager:
         inputs = setup.probe.inputs(first.to(setup.device)[:, None], _cache())[:, 0]
         return setup.span2.residual(inputs)[:, None]
 
-    def _absent_layer2(self, setup: _Setup, samples: int = 64, length: int = 4) -> float:
-        """Closest layer-2 residual of random token sequences (positions >= 1; absent w.h.p.)."""
+    def _random_layer2_residuals(self, setup: _Setup, samples: int = 64, length: int = 4) -> torch.Tensor:
+        """Layer-2 residuals of random token sequences at positions >= 1 (absent w.h.p.), as a column."""
         gen = torch.Generator().manual_seed(0)
         ids = torch.randint(setup.vocab, (samples, min(length, setup.max_len)), generator=gen).to(setup.device)
         x = setup.probe.inputs(ids)[:, 1:]
-        return float(setup.span2.residual(x).min()) if x.numel() else 1.0
+        return setup.span2.residual(x).reshape(-1, 1)
 
 
 # ---------------------------------------------------------------- sentence search

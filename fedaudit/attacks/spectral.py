@@ -32,6 +32,27 @@ def spectral_rank(singular_values: torch.Tensor, noise_floor: float, min_rank: i
     return int(gaps.argmax()) + 1 if bool(torch.isfinite(gaps).any()) else int(s.numel())
 
 
+def gap_rank(singular_values: torch.Tensor, noise_floor: float, min_rank: int = 0,
+             max_rank: int | None = None) -> int:
+    """Rank at the largest log-gap of the singular values (descending) with both sides above
+    ``noise_floor`` (relative to the top value), with no cut below ``min_rank`` or above ``max_rank``.
+
+    For spectra whose signal fades smoothly into a tail before dropping to rounding noise (inputs
+    seen at drifting weights, see ``dager.estimate_span``): the sharpest drop within the signal
+    is where the inputs end and their drift begins; the drop into rounding noise ends the tail.
+    """
+    s = singular_values.to(F64)
+    if s.numel() == 0 or s[0] <= 0:
+        return 0
+    rel = (s / s[0]).clamp_min(torch.finfo(F64).eps * 1e-3)
+    gaps = rel[:-1].log() - rel[1:].log()
+    gaps[rel[1:] <= noise_floor] = -math.inf
+    gaps[: max(0, min_rank - 1)] = -math.inf
+    if max_rank is not None:
+        gaps[max_rank:] = -math.inf
+    return int(gaps.argmax()) + 1 if bool(torch.isfinite(gaps).any()) else int(s.numel())
+
+
 def noise_edge(noise_std: float, rows: int, cols: int) -> float:
     """Largest singular value pure noise of std ``noise_std`` per entry reaches in a rows x cols matrix.
 
