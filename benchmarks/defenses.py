@@ -12,9 +12,10 @@ Sweeps (each cell is a full ``fedaudit run``: clients train, the server audits a
 GPT-2 keeps its width but runs 3 transformer blocks (DAGER reads layers 1 and 2; a classifier's
 layer-2 queries reach the loss through a third), so a cell
 trains and evaluates in minutes on a CPU. ``--collect`` rebuilds defenses.md from the sweep
-folders already in ``benchmarks/results/defenses/`` without running anything.
+folders already in ``benchmarks/results/defenses/`` without running anything; ``--resume`` runs
+only the cells a sweep folder has not finished.
 
-    python benchmarks/defenses.py [--only dp prune ...] [--collect]
+    python benchmarks/defenses.py [--only dp prune ...] [--resume] [--collect]
 """
 
 from __future__ import annotations
@@ -73,13 +74,13 @@ COLUMNS = {
 }
 
 
-def run_sweep(name: str) -> None:
+def run_sweep(name: str, resume: bool) -> None:
     scenario, grid, sets = SWEEPS[name]
     target = OUT / name
-    if target.exists():
+    if target.exists() and not resume:
         shutil.rmtree(target)
     cmd = [sys.executable, "-m", "fedaudit.cli", "sweep", scenario, *(a for g in grid for a in ("--grid", g)),
-           *(a for s in sets for a in ("--set", s)), "--out", str(target)]
+           *(a for s in sets for a in ("--set", s)), "--out", str(target), *(["--resume"] if resume and target.is_dir() else [])]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO, check=True)
 
@@ -133,10 +134,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=list(SWEEPS), help="sweeps to run (default: all)")
     parser.add_argument("--collect", action="store_true", help="only rebuild defenses.md from finished sweeps")
+    parser.add_argument("--resume", action="store_true", help="keep the cells each sweep folder already finished")
     args = parser.parse_args()
     if not args.collect:
         for name in args.only or SWEEPS:
-            run_sweep(name)
+            run_sweep(name, args.resume)
     print(f"Wrote {collect()}")
 
 

@@ -154,10 +154,13 @@ def sweep(
     set_: SetOpt = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Cells run side by side (default: one per 4 CPU cores).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Sweep directory (default: <output.dir>/sweep-<time>-<name>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Keep the cells --out already finished; run only the others.")] = False,
 ) -> None:
     """Run a scenario over a grid of settings; write sweep.csv, sweep.md and sweep.png."""
     from fedaudit import sweep as sweeping
 
+    if resume and (out is None or not out.is_dir()):
+        fail("--resume needs --out naming an existing sweep directory")
     try:
         parsed = sweeping.parse_grid(grid or [])
         cells = sweeping.plan(scenario, parsed, set_ or [])
@@ -173,7 +176,7 @@ def sweep(
         console.print(f"[{done}/{total}] cell {result.cell.index} ({result.cell.label}): {status} "
                       f"({result.seconds:.0f} s)", markup=True)
 
-    path = sweeping.sweep(scenario, parsed, set_ or [], workers, out, progress)
+    path = sweeping.sweep(scenario, parsed, set_ or [], workers, out, progress, resume=resume)
     console.print(f"Sweep: {path / 'sweep.md'}, {path / 'sweep.csv'}, {path / 'sweep.png'}")
 
 

@@ -3,8 +3,9 @@ utility and privacy budget.
 
 Each cell is an ordinary ``fedaudit run`` (a subprocess, so cells are isolated and can run side
 by side) writing into ``<sweep>/cell-NN/``. After every cell, ``sweep.csv`` and ``sweep.md`` are
-rewritten from every cell finished so far, so a sweep stopped mid-way keeps what it measured;
-``sweep.png`` plots the headline leakage of each attack against the final global accuracy and,
+rewritten from every cell finished so far, so a sweep stopped mid-way keeps what it measured,
+and ``resume`` runs only the cells it lacks (a cell counts as finished when its run directory
+holds the same resolved scenario and a utility record for every round); ``sweep.png`` plots the headline leakage of each attack against the final global accuracy and,
 when clients ran DP-SGD, against epsilon.
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from fedaudit.audit.store import RECORDS, read_records
+from fedaudit.audit.store import RECORDS, SCENARIO, read_records
 from fedaudit.config import ConfigError, Scenario, load_scenario, parse_override
 from fedaudit.report.summary import attack_records, mean_metrics, status_counts, utility_records
 
@@ -50,7 +51,8 @@ class Cell:
 class CellResult:
     cell: Cell
     run_dir: Path | None
-    seconds: float
+    seconds: float | None
+    """Wall time of the cell's run (None for a resumed cell whose time was not recorded)."""
     error: str = ""
     rows: list[dict[str, Any]] = field(default_factory=list)
 
@@ -114,12 +116,43 @@ def plan(scenario_path: Path | None, grid: dict[str, list[Any]], overrides: list
     return cells
 
 
+def _cell_overrides(cell: Cell, overrides: list[str], sweep_dir: Path) -> list[str]:
+    return [*overrides, *cell.overrides, f"output.dir={_toml_value(str(sweep_dir / f'cell-{cell.index:02d}'))}"]
+
+
+def finished_cell(cell: Cell, scenario_path: Path | None, overrides: list[str], sweep_dir: Path,
+                  seconds: dict[int, float]) -> CellResult | None:
+    """An earlier run of this cell in ``sweep_dir`` that used the same resolved scenario and recorded
+    every round, or None. ``seconds``: cell times from the earlier sweep.csv."""
+    cell_dir = sweep_dir / f"cell-{cell.index:02d}"
+    if not cell_dir.is_dir():
+        return None
+    expected = load_scenario(scenario_path, _cell_overrides(cell, overrides, sweep_dir))
+    for run in sorted((p for p in cell_dir.glob("*") if (p / RECORDS).is_file()), reverse=True):
+        scenario_file = run / SCENARIO
+        if not scenario_file.is_file() or scenario_file.read_text(encoding="utf-8") != expected.to_toml():
+            continue
+        records = read_records(run)
+        if max((r["round"] for r in utility_records(records)), default=0) < expected.federation.rounds:
+            continue
+        return CellResult(cell, run, seconds.get(cell.index), rows=summarize(records))
+    return None
+
+
+def _earlier_seconds(sweep_dir: Path) -> dict[int, float]:
+    path = sweep_dir / "sweep.csv"
+    if not path.is_file():
+        return {}
+    with path.open(encoding="utf-8") as fh:
+        return {int(row["cell"]): float(row["cell_seconds"]) for row in csv.DictReader(fh)
+                if row.get("cell", "").isdigit() and row.get("cell_seconds")}
+
+
 def run_cell(cell: Cell, scenario_path: Path | None, overrides: list[str], sweep_dir: Path) -> CellResult:
     """``fedaudit run`` for one cell, in a subprocess; its run directory and records."""
     cell_dir = sweep_dir / f"cell-{cell.index:02d}"
     cmd = [sys.executable, "-m", "fedaudit.cli", "run", *([str(scenario_path)] if scenario_path else []),
-           *(arg for o in [*overrides, *cell.overrides, f"output.dir={_toml_value(str(cell_dir))}"]
-             for arg in ("--set", o))]
+           *(arg for o in _cell_overrides(cell, overrides, sweep_dir) for arg in ("--set", o))]
     log_path = sweep_dir / f"cell-{cell.index:02d}.log"
     start = time.perf_counter()
     with log_path.open("w", encoding="utf-8") as log:
@@ -171,7 +204,7 @@ def table_rows(results: list[CellResult], grid: dict[str, list[Any]]) -> list[di
     for result in sorted(results, key=lambda r: r.cell.index):
         base = {"cell": result.cell.index, **result.cell.settings}
         for row in result.rows or [{"attack": "", "statuses": "no run directory"}]:
-            out.append({**base, **row, "cell_seconds": round(result.seconds, 1), "error": result.error,
+            out.append({**base, **row, "cell_seconds": None if result.seconds is None else round(result.seconds, 1), "error": result.error,
                         "run_dir": str(result.run_dir or "")})
     return out
 
@@ -243,19 +276,29 @@ def plot(rows: list[dict[str, Any]], grid: dict[str, list[Any]], path: Path, tit
 
 
 def sweep(scenario_path: Path | None, grid: dict[str, list[Any]], overrides: list[str], workers: int,
-          out_dir: Path | None = None, progress: Callable[[CellResult, int, int], None] | None = None) -> Path:
-    """Run every cell (``workers`` at a time); returns the sweep directory."""
+          out_dir: Path | None = None, progress: Callable[[CellResult, int, int], None] | None = None,
+          resume: bool = False) -> Path:
+    """Run every cell (``workers`` at a time; with ``resume``, only those ``out_dir`` has not
+    finished); returns the sweep directory."""
     cells = plan(scenario_path, grid, overrides)
     base: Scenario = load_scenario(scenario_path, overrides)
     sweep_dir = Path(out_dir or Path(base.output.dir) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{base.name}")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     title = f"sweep of {base.name} over {', '.join(grid)}"
     results: list[CellResult] = []
+    total = len(cells)
+    if resume:
+        seconds = _earlier_seconds(sweep_dir)
+        results = [r for r in (finished_cell(c, scenario_path, overrides, sweep_dir, seconds) for c in cells) if r]
+        done = {r.cell.index for r in results}
+        cells = [c for c in cells if c.index not in done]
+        if results:
+            write_outputs(sweep_dir, table_rows(results, grid), grid, title)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(run_cell, cell, scenario_path, overrides, sweep_dir) for cell in cells]
         for future in as_completed(futures):
             results.append(future.result())
             write_outputs(sweep_dir, table_rows(results, grid), grid, title)
             if progress is not None:
-                progress(results[-1], len(results), len(cells))
+                progress(results[-1], len(results), total)
     return sweep_dir

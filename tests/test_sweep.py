@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 
@@ -35,7 +36,7 @@ def test_every_cell_is_validated_before_anything_runs() -> None:
         plan(scenario, parse_grid(["training.lr=0.1,-1"]), [])
 
 
-def test_a_sweep_writes_csv_markdown_and_plot(tmp_path) -> None:
+def test_a_sweep_writes_csv_markdown_and_resumes(tmp_path, monkeypatch) -> None:
     out = tmp_path / "sweep"
     done = run_cli("sweep", "simulations/digits_quick.toml", "--grid", "defenses.prune.fraction=0,0.9",
                    "--set", "federation.rounds=1", "--set", "federation.clients=2",
@@ -52,6 +53,40 @@ def test_a_sweep_writes_csv_markdown_and_plot(tmp_path) -> None:
     assert "| defenses.prune.fraction | attack |" in md and md.count("| labels |") == 2
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "cell 1 (fraction=0.9): done" in done.stdout
+
+    # --resume keeps the two finished cells and runs only the value added to the grid
+    again = run_cli("sweep", "simulations/digits_quick.toml", "--grid", "defenses.prune.fraction=0,0.9,0.5",
+                    "--set", "federation.rounds=1", "--set", "federation.clients=2",
+                    "--set", "audit.attacks=['labels']", "--out", str(out), "--resume", timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "cell 2 (fraction=0.5): done" in again.stdout and "cell 0 " not in again.stdout
+    assert len(list((out / "cell-00").glob("*/records.jsonl"))) == 1
+    with (out / "sweep.csv").open() as fh:
+        resumed = list(csv.DictReader(fh))
+    assert [r["defenses.prune.fraction"] for r in resumed] == ["0", "0.9", "0.5"]
+    assert resumed[:2] == rows  # kept as measured, times included
+
+    # a cell whose run stopped before its last round is not finished: resume runs it again
+    from fedaudit.sweep import Cell, _cell_overrides, finished_cell
+
+    cell = Cell(0, {"defenses.prune.fraction": 0})
+    sets = ["federation.rounds=1", "federation.clients=2", "audit.attacks=['labels']"]
+    monkeypatch.chdir(REPO_ROOT)  # where the sweep ran, so relative paths resolve alike
+    scenario_path = Path("simulations/digits_quick.toml")
+    assert finished_cell(cell, scenario_path, sets, out, {}) is not None
+    assert "cell-00" in _cell_overrides(cell, sets, out)[-1]
+    records = next((out / "cell-00").glob("*/records.jsonl"))
+    records.write_text("".join(line for line in records.read_text().splitlines(keepends=True)
+                               if '"utility"' not in line))
+    assert finished_cell(cell, scenario_path, sets, out, {}) is None
+    assert finished_cell(Cell(0, {"defenses.prune.fraction": 0.5}), scenario_path, sets, out, {}) is None
+
+
+def test_resume_needs_an_existing_sweep_directory(tmp_path) -> None:
+    done = run_cli("sweep", "simulations/digits_quick.toml", "--grid", "defenses.prune.fraction=0,0.5", "--resume",
+                   "--out", str(tmp_path / "nothing-here"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == "fedaudit: error: --resume needs --out naming an existing sweep directory"
 
 
 def test_a_bad_grid_key_fails_with_one_line() -> None:
