@@ -45,9 +45,12 @@ class GroundTruthAround(Strategy):
     ``wrapper.aggregate_train`` and put back when the wrapper hands them to ``inner``.
 
     Build it with ``GroundTruthAround(inner, lambda s: Wrapper(s, ...))``: the wrapper wraps
-    this object's inside view (``self.inside``), which delegates to ``inner``."""
+    this object's inside view (``self.inside``), which delegates to ``inner``.
 
-    def __init__(self, inner: Strategy, wrap: Callable[[Strategy], Strategy]) -> None:
+    Flower's DP wrappers skip the whole aggregation when any client failed, so ``inner`` never
+    sees those replies: the failures are recorded here, before the wrapper runs."""
+
+    def __init__(self, inner: AuditingStrategy, wrap: Callable[[Strategy], Strategy]) -> None:
         self.inner = inner
         self.held: dict[int, ArrayRecord] = {}
         self.inside = _Reattach(self)
@@ -60,6 +63,9 @@ class GroundTruthAround(Strategy):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
+        if any(msg.has_error() for msg in replies):
+            for msg in replies:
+                self.inner.record_failure(server_round, msg)
         self.held = {id(msg): msg.content.array_records.pop("audit") for msg in replies
                      if not msg.has_error() and "audit" in msg.content.array_records}
         return self.wrapper.aggregate_train(server_round, replies)
@@ -105,16 +111,15 @@ class _Reattach(Strategy):
         self.around.inner.summary()
 
 
-def with_central_dp(strategy: Strategy, scenario: Scenario) -> Strategy:
+def with_central_dp(strategy: AuditingStrategy, scenario: Scenario) -> Strategy:
     """``strategy`` inside Flower's central-DP wrapper when ``[defenses.central_dp]`` asks for it."""
     cdp = scenario.defenses.central_dp
     if cdp is None:
         return strategy
-    clients = scenario.federation.clients
-    if cdp.clipping == "client":
-        return DifferentialPrivacyClientSideFixedClipping(strategy, cdp.noise_multiplier, cdp.clipping_norm, clients)
-    return GroundTruthAround(strategy, lambda inside: DifferentialPrivacyServerSideFixedClipping(
-        inside, cdp.noise_multiplier, cdp.clipping_norm, clients))
+    wrapper = (DifferentialPrivacyClientSideFixedClipping if cdp.clipping == "client"
+               else DifferentialPrivacyServerSideFixedClipping)
+    return GroundTruthAround(strategy, lambda inside: wrapper(
+        inside, cdp.noise_multiplier, cdp.clipping_norm, scenario.federation.clients))
 
 
 def run_audited_federation(grid: Grid, scenario: Scenario, store: RunStore) -> None:

@@ -76,7 +76,7 @@ class AuditingStrategy(Strategy):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         global_weights = self._global[server_round]
-        replies = [msg for msg in replies if not self._failed(server_round, msg)]
+        replies = [msg for msg in replies if not self.record_failure(server_round, msg)]
         if self.scenario.federation.secure_aggregation_group > 1:
             replies = self.secure_aggregate(replies)
         for msg in replies:
@@ -91,7 +91,8 @@ class AuditingStrategy(Strategy):
                 {k: w - lr * grads[k].to(w.dtype) for k, w in global_weights.items()})
         return arrays, metrics
 
-    def _failed(self, server_round: int, msg: Message) -> bool:
+    def record_failure(self, server_round: int, msg: Message) -> bool:
+        """Records a reply that carries an error as ``client_error``; True if it did."""
         if msg.has_error():
             self._emit({"type": "client_error", "round": server_round, "client": str(msg.metadata.src_node_id),
                         "reason": msg.error.reason})

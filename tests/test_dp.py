@@ -195,6 +195,25 @@ def test_central_dp_server_side_auditor_sees_clipped_update_aggregate_is_noised(
     assert float(noise.std()) == pytest.approx(sigma * clip / 2, rel=0.05)
 
 
+@pytest.mark.parametrize("clipping", ["server", "client"])
+def test_central_dp_records_a_failed_client_although_flower_skips_the_round(clipping) -> None:
+    from flwr.app import Error
+
+    sc = scenario(*DIGITS, *FEDAVG, "audit.attacks=[\"labels\"]",
+                  f"defenses.central_dp={{noise_multiplier=1.0, clipping_norm=0.05, clipping=\"{clipping}\"}}")
+    records: list[dict] = []
+    auditing, public, seen = _auditing(sc, records)
+    strategy = with_central_dp(auditing, sc)
+    weights = {k: v.clone() for k, v in public.trainable_state().items()}
+    strategy.wrapper.current_arrays = ArrayRecord.from_torch_state_dict(weights)
+    auditing._global = {1: weights}
+    good = client_round(sc, _train_message(weights, 1, node=10), 0, 2)
+    failed = Message(Error(code=0, reason="out of memory"), reply_to=_train_message(weights, 1, node=11))
+    aggregate, _ = strategy.aggregate_train(1, [good, failed])
+    assert aggregate is None and not seen  # Flower's rule: no aggregation when a client failed
+    assert [(r["type"], r["client"], r["reason"]) for r in records] == [("client_error", "11", "out of memory")]
+
+
 def _client_app_reply(app, msg: Message, partition_id: int) -> Message:
     ctx = Context(run_id=1, node_id=5, node_config={"partition-id": partition_id, "num-partitions": 2},
                   state=RecordDict(), run_config={})
