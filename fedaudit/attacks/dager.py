@@ -114,10 +114,9 @@ def estimate_span(gradient: torch.Tensor, noise_floor: float, input_map: torch.T
     drift's singular values fading smoothly below the inputs' (down to rounding after E r
     directions for E epochs). The rank r is the sharpest drop within the signal
     (``spectral.gap_rank``) among the first width / 2 values (first-order drift needs as many
-    directions again); the basis keeps 2r directions (no more
-    than leave r outside, so absent inputs keep a residual of order sqrt(r / width)), and a true
-    input's residual is then second order: the noise ratio is the first direction left out over
-    the weakest input direction.
+    directions again). The basis keeps 2r directions, but leaves at least r outside so that
+    absent inputs keep a residual of order sqrt(r / width). A true input's residual is then of
+    second order: the noise ratio is the first direction left out over the weakest input one.
     """
     g = gradient.to(F64)
     if not torch.isfinite(g).all():
@@ -587,7 +586,8 @@ class Dager:
             reasons.append(f"{len(finder.found)} of {expected} sentences verified")
         if not observation.exact_gradient:
             reasons.append(f"FedAvg over {observation.protocol.local_steps} local steps: candidates are formed at the "
-                           "midpoint weights, exact up to O(lr^2) drift of embeddings and norms")
+                           "midpoint weights and checked against a span and thresholds widened for the weights' drift "
+                           "(approximate)")
         if observation.gradient_noise_std > 0 and reasons:  # the noise explains what fell short
             reasons.append(f"the update carries protocol noise (std {observation.gradient_noise_std:.3g} per gradient "
                            f"entry): ranks {s1.rank}/{s2.rank} count the directions above the noise edge, and inputs "
