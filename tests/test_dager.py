@@ -51,14 +51,19 @@ def test_exact_recovery_of_a_real_cola_batch_per_family(cola_path, family) -> No
         _assert_exact(_attack(observation), truth, observation.model)
 
 
-@pytest.mark.parametrize(("epochs", "lr", "batch_size"), [(2, 1e-4, 4), (1, 5e-4, 8), (5, 5e-4, 8)])
-def test_exact_recovery_under_fedavg(cola_path, epochs, lr, batch_size) -> None:
+@pytest.mark.parametrize(("epochs", "lr", "batch_size", "batches"), [(2, 1e-4, 4, 2), (1, 5e-4, 8, 1), (5, 5e-4, 8, 1)])
+def test_exact_recovery_under_fedavg(cola_path, epochs, lr, batch_size, batches) -> None:
     # (1, 5e-4): each input seen once, far from the midpoint weights; (5, 5e-4): 20 steps of drift.
+    # One attack object for every client, as in a round: each client's midpoint model differs,
+    # so layer-1 terms must not carry over from one client to the next.
+    attack = Dager(device="cpu")
     for observation, truth in _updates(cola_path, "model.name=gpt2-random", "model.config={n_layer=3, n_embd=768, n_head=12}",
                                        "model.dtype=float64", "training.mode=fedavg", f"training.local_epochs={epochs}",
-                                       "training.mini_batch_size=2", f"training.lr={lr}", batch_size=batch_size):
+                                       "training.mini_batch_size=2", f"training.lr={lr}", batch_size=batch_size,
+                                       batches=batches):
         assert observation.protocol.local_steps == epochs * batch_size // 2
-        rec = _attack(observation)
+        rec = attack.run(observation, Budget(120))
+        assert not rec.diagnostics["layer1_terms_reused"]
         # FedAvg is approximate (inputs drift between local steps): the target is R-1 >= 0.95.
         assert score(rec, truth, observation.model)["rouge1"] >= 0.95, rec.reason
         assert len(rec.sequences) <= observation.protocol.num_examples

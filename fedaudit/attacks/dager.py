@@ -431,18 +431,21 @@ class Dager:
         return model.to(self.device)
 
     def _first_inputs(self, model: nn.Module, observation: Observation, max_len: int) -> FirstInputs:
+        """A snapshot of the first layer's inputs: copies, since the model's parameters are
+        overwritten in place by the next observation (another client's midpoint, the next round)
+        while the layer-1 terms computed from them may be kept (``_layer1_terms``)."""
         spec = observation.model.adapter.first_input
         params = dict(model.named_parameters())
-        tokens = params[observation.model.adapter.embedding].detach()
+        tokens = params[observation.model.adapter.embedding].detach().clone()
         d = tokens.shape[1]
         if spec.positions is not None:
-            positions = params[spec.positions].detach()[:max_len].to(F64)
+            positions = params[spec.positions].detach()[:max_len].to(F64, copy=True)
         else:
             positions = torch.zeros(1, d, dtype=F64, device=tokens.device)
         if spec.offset is not None:
             positions = positions + params[spec.offset].detach()[0].to(F64)
-        return FirstInputs(tokens=tokens, positions=positions, weight=params[spec.norm_weight].detach(),
-                           bias=params[spec.norm_bias].detach() if spec.norm_bias else None,
+        return FirstInputs(tokens=tokens, positions=positions, weight=params[spec.norm_weight].detach().clone(),
+                           bias=params[spec.norm_bias].detach().clone() if spec.norm_bias else None,
                            eps=spec.norm_eps, centered=spec.norm_kind == "layernorm")
 
     @staticmethod
@@ -552,7 +555,7 @@ class Dager:
             # layer-2 residuals; the side below it is how far true inputs sit. Encoders read the
             # whole sentence at every position: the layer-1 present side is the best measure.
             present = present1
-            if observation.model.adapter.is_decoder:
+            if observation.model.adapter.is_decoder and candidates[0].numel():
                 first = self._first_position_residuals(setup, candidates[0])
                 present, _ = split_at_gap(torch.cat([first, random2]), floor=s2.noise, rank=int(first.numel()))
             tau2 = threshold(s2, absent2, present=present)
