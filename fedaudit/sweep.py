@@ -5,8 +5,9 @@ Each cell is an ordinary ``fedaudit run`` (a subprocess, so cells are isolated a
 by side) writing into ``<sweep>/cell-NN/``. After every cell, ``sweep.csv`` and ``sweep.md`` are
 rewritten from every cell finished so far, so a sweep stopped mid-way keeps what it measured,
 and ``resume`` runs only the cells it lacks (a cell counts as finished when its run directory
-holds the same resolved scenario and a utility record for every round); ``sweep.png`` plots the headline leakage of each attack against the final global accuracy and,
-when clients ran DP-SGD, against epsilon.
+holds the same resolved scenario and a utility record for every round). ``sweep.png`` plots
+the headline leakage of each attack against the final global accuracy and, when clients ran
+DP-SGD, against epsilon.
 """
 
 from __future__ import annotations
@@ -203,8 +204,9 @@ def table_rows(results: list[CellResult], grid: dict[str, list[Any]]) -> list[di
     out = []
     for result in sorted(results, key=lambda r: r.cell.index):
         base = {"cell": result.cell.index, **result.cell.settings}
+        seconds = None if result.seconds is None else round(result.seconds, 1)
         for row in result.rows or [{"attack": "", "statuses": "no run directory"}]:
-            out.append({**base, **row, "cell_seconds": None if result.seconds is None else round(result.seconds, 1), "error": result.error,
+            out.append({**base, **row, "cell_seconds": seconds, "error": result.error,
                         "run_dir": str(result.run_dir or "")})
     return out
 
