@@ -9,8 +9,9 @@ auditor sits where a curious server does: between the clipping and the noise.
   ``clipping_norm`` in the train config and the client's ``fixedclipping_mod`` clips the same
   difference before sending.
 Either way the wrapper adds N(0, (noise_multiplier * clipping_norm / clients)^2) to every entry
-of the aggregated weights only. The server-side wrapper clips every ArrayRecord of a reply, so
-the client's ``audit`` record travels around it (``GroundTruthAround``).
+of the aggregated weights only. Both wrappers go through ``GroundTruthAround``: the server-side
+one clips every ArrayRecord of a reply, so the client's ``audit`` record travels around it, and
+both skip a round with a failed client, so failures are recorded before they run.
 """
 
 from __future__ import annotations

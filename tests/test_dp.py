@@ -165,17 +165,23 @@ def _auditing(sc, records):
     return auditing, public, seen
 
 
-def test_central_dp_server_side_auditor_sees_clipped_update_aggregate_is_noised() -> None:
-    clip, sigma = 0.05, 1.0
+def _central_dp(clipping: str, sigma: float, clip: float):
+    """The auditing strategy inside Flower's central-DP wrapper, as round 1's configure_train leaves it:
+    (scenario, strategy, global weights, records, what the auditor saw)."""
     sc = scenario(*DIGITS, *FEDAVG, "audit.attacks=[\"labels\"]",
-                  f"defenses.central_dp={{noise_multiplier={sigma}, clipping_norm={clip}, clipping=\"server\"}}")
+                  f"defenses.central_dp={{noise_multiplier={sigma}, clipping_norm={clip}, clipping=\"{clipping}\"}}")
     records: list[dict] = []
     auditing, public, seen = _auditing(sc, records)
     strategy = with_central_dp(auditing, sc)
     weights = {k: v.clone() for k, v in public.trainable_state().items()}
-    arrays = ArrayRecord.from_torch_state_dict(weights)
-    strategy.wrapper.current_arrays = arrays  # what configure_train keeps
+    strategy.wrapper.current_arrays = ArrayRecord.from_torch_state_dict(weights)  # what configure_train keeps
     auditing._global = {1: weights}
+    return sc, strategy, weights, records, seen
+
+
+def test_central_dp_server_side_auditor_sees_clipped_update_aggregate_is_noised() -> None:
+    clip, sigma = 0.05, 1.0
+    sc, strategy, weights, records, seen = _central_dp("server", sigma, clip)
     replies = [client_round(sc, _train_message(weights, 1, node=10 + p), p, 2) for p in range(2)]
     raw = [{k: v - weights[k] for k, v in r.content["arrays"].to_torch_state_dict().items()} for r in replies]
     assert all(_norm(d) > clip for d in raw)
@@ -199,14 +205,7 @@ def test_central_dp_server_side_auditor_sees_clipped_update_aggregate_is_noised(
 def test_central_dp_records_a_failed_client_although_flower_skips_the_round(clipping) -> None:
     from flwr.app import Error
 
-    sc = scenario(*DIGITS, *FEDAVG, "audit.attacks=[\"labels\"]",
-                  f"defenses.central_dp={{noise_multiplier=1.0, clipping_norm=0.05, clipping=\"{clipping}\"}}")
-    records: list[dict] = []
-    auditing, public, seen = _auditing(sc, records)
-    strategy = with_central_dp(auditing, sc)
-    weights = {k: v.clone() for k, v in public.trainable_state().items()}
-    strategy.wrapper.current_arrays = ArrayRecord.from_torch_state_dict(weights)
-    auditing._global = {1: weights}
+    sc, strategy, weights, records, seen = _central_dp(clipping, 1.0, 0.05)
     good = client_round(sc, _train_message(weights, 1, node=10), 0, 2)
     failed = Message(Error(code=0, reason="out of memory"), reply_to=_train_message(weights, 1, node=11))
     aggregate, _ = strategy.aggregate_train(1, [good, failed])
