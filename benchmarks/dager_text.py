@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common import arguments, device_name, earlier_rows, fmt, save  # noqa: E402  (this folder, run as scripts)
-from fedaudit.cli import _prepare, evaluate_attack  # noqa: E402
-from fedaudit.config import load_scenario  # noqa: E402
+from fedaudit.federation import prepare  # noqa: E402
+from fedaudit.federation.sampled import evaluate_attack  # noqa: E402
+from fedaudit.scenario import load_scenario  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "text"
 COLA = str(DATA / "cola" / "in_domain_train.tsv")
@@ -111,7 +112,7 @@ def main() -> None:
             continue
         sc = load_scenario(None, [*overrides, f"training.batch_size={b}", "audit.attacks=['dager']",
                                   f"audit.budget_seconds={args.budget}", "data.max_examples=4000"])
-        data, public = _prepare(sc)
+        data, public = prepare(sc)
         result = evaluate_attack("dager", sc, data, public, args.batches, seed=0, out=None)
         agg = result["aggregate"]
         row = {"name": name, "family": family, "dataset": dataset, "B": b, "paper": paper,

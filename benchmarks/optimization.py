@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common import arguments, device_name, earlier_rows, fmt, save  # noqa: E402  (this folder, run as scripts)
-from fedaudit.cli import _prepare, evaluate_attack  # noqa: E402
-from fedaudit.config import load_scenario  # noqa: E402
+from fedaudit.federation import prepare  # noqa: E402
+from fedaudit.federation.sampled import evaluate_attack  # noqa: E402
+from fedaudit.scenario import load_scenario  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SOURCES = {"digits": "digits", "cifar10": str(DATA / "images" / "cifar10" / "test_2000.npz")}
@@ -106,7 +107,7 @@ def main() -> None:
             continue
         budget = TEXT_SECONDS if data == "cola" else args.budget
         sc = load_scenario(None, overrides(data, init, b, attack, budget))
-        prepared, public = _prepare(sc)
+        prepared, public = prepare(sc)
         result = evaluate_attack(attack, sc, prepared, public, args.batches, seed=0, out=None)
         batches, agg = result["batches"], result["aggregate"]
         steps = [r["diagnostics"]["steps"] for r in batches if "steps" in r["diagnostics"]]

@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common import arguments, device_name, earlier_rows, fmt, save  # noqa: E402  (this folder, run as scripts)
-from fedaudit.cli import _prepare, evaluate_attack  # noqa: E402
-from fedaudit.config import load_scenario  # noqa: E402
+from fedaudit.federation import prepare  # noqa: E402
+from fedaudit.federation.sampled import evaluate_attack  # noqa: E402
+from fedaudit.scenario import load_scenario  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 ADULT_COLUMNS = ("['age','workclass','fnlwgt','education','education_num','marital_status','occupation',"
@@ -70,7 +71,7 @@ def main() -> None:
         sc = load_scenario(None, ["model.name=mlp", f"model.config={{hidden=[{m}]}}", *SOURCES[data],
                                   f"training.batch_size={b}", "training.mode=fedsgd", "audit.attacks=['spear']",
                                   f"audit.budget_seconds={args.budget}"])
-        prepared, public = _prepare(sc)
+        prepared, public = prepare(sc)
         result = evaluate_attack("spear", sc, prepared, public, args.batches, seed=0, out=None)
         batches = result["batches"]
         agg = result["aggregate"]

@@ -33,7 +33,7 @@ from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod
 from fedaudit import federation
 from fedaudit.config import Scenario, scenario_from_toml
 from fedaudit.models import ModelBundle
-from fedaudit.runconfig import scenario_from_run_config
+from fedaudit.scenario import scenario_from_run_config
 from fedaudit.training.dp import epsilon
 
 

@@ -5,20 +5,20 @@ Scenario problems print one line (``fedaudit: error: ...``) and exit with status
 
 from __future__ import annotations
 
-import json
 import os
-import statistics
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedaudit.config import ConfigError, Scenario, load_scenario
+from fedaudit.config import ConfigError, Scenario
+from fedaudit.scenario import load_scenario
 
-# Offline-friendly Flower defaults (see PLATFORM.md); a user's own settings win.
+# Offline-friendly Flower defaults (no telemetry, no update check, no per-run `uv sync` that would
+# pull a CUDA torch); a user's own settings win.
 for _key, _value in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                      "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_DEDUP_LOGS": "0"}.items():
     os.environ.setdefault(_key, _value)
@@ -44,25 +44,16 @@ def _load(path: Path | None, overrides: list[str] | None) -> Scenario:
         raise  # unreachable: fail() exits
 
 
-def _prepare(scenario: Scenario):
-    """Load data and build the model once up front, so bad data or model settings fail before
-    any simulation starts."""
-    from fedaudit import federation
-
-    data = federation.federated_data(scenario)
-    for client in range(scenario.federation.clients):
-        federation.client_shard(data, scenario, client, scenario.federation.clients)
-    return data, federation.build_global_model(scenario, data.examples)
-
-
 @app.command()
 def run(scenario: ScenarioArg = None, set_: SetOpt = None,
         verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's own logs.")] = False) -> None:
     """Run a federated simulation in which the server audits every client update."""
     sc = _load(scenario, set_)
     try:
-        _prepare(sc)
         from fedaudit.audit.store import RunStore
+        from fedaudit.federation import prepare
+
+        prepare(sc)
 
         store = RunStore.create(sc)
     except ConfigError as err:
@@ -74,7 +65,7 @@ def run(scenario: ScenarioArg = None, set_: SetOpt = None,
     from flwr.simulation import run_simulation
 
     from clients.app import build_client_app
-    from fedaudit.audit.store import read_records
+    from fedaudit.audit.records import read_records, rounds_completed
     from fedaudit.report.markdown import write_report
     from server_strategies.app import build_server_app
 
@@ -93,7 +84,7 @@ def run(scenario: ScenarioArg = None, set_: SetOpt = None,
     )
     report = write_report(store.path)
     records = read_records(store.path)
-    rounds_done = max([r["round"] for r in records if r.get("type") == "utility"] + [0])
+    rounds_done = rounds_completed(records)
     console.print(f"Records: {store.records_path} ({len(records)} records, {rounds_done}/{sc.federation.rounds} rounds)")
     console.print(f"Report:  {report}")
     if rounds_done < sc.federation.rounds:
@@ -122,13 +113,15 @@ def attack(
     out: Annotated[Optional[Path], typer.Option(help="Write results here (JSON).")] = None,
 ) -> None:
     """Attack K client updates computed exactly as a client would, one per sampled batch."""
-    from fedaudit.attacks import ATTACKS
+    from fedaudit.attacks import REGISTRY
+    from fedaudit.federation import prepare
+    from fedaudit.federation.sampled import evaluate_attack
 
-    if name not in ATTACKS:
-        fail(f"unknown attack {name!r}; allowed: {', '.join(sorted(ATTACKS))}")
+    if name not in REGISTRY:
+        fail(f"unknown attack {name!r}; allowed: {', '.join(REGISTRY.names())}")
     sc = _load(scenario, set_)
     try:
-        data, public = _prepare(sc)
+        data, public = prepare(sc)
     except ConfigError as err:
         fail(str(err))
     result = evaluate_attack(name, sc, data, public, batches, seed, out)
@@ -178,43 +171,6 @@ def sweep(
 
     path = sweeping.sweep(scenario, parsed, set_ or [], workers, out, progress, resume=resume)
     console.print(f"Sweep: {path / 'sweep.md'}, {path / 'sweep.csv'}, {path / 'sweep.png'}")
-
-
-def evaluate_attack(name: str, sc: Scenario, data, public, batches: int, seed: int,
-                    out: Path | None) -> dict[str, Any]:
-    """Run attack ``name`` on ``batches`` client updates; rewrite ``out`` after every batch."""
-    from fedaudit import federation
-    from fedaudit.audit.auditor import Auditor
-
-    auditor = Auditor([name], sc.audit.budget_seconds, device=sc.audit.device, options={name: sc.audit.options(name)})
-    result: dict[str, Any] = {"attack": name, "scenario": sc.model_dump(exclude_none=True), "batches": [],
-                              "aggregate": {}}
-    for k, (observation, truth) in enumerate(federation.sampled_updates(sc, data, public, batches, seed)):
-        record = auditor.audit(observation, truth)[0]
-        result["batches"].append({"batch": k, **{key: record[key] for key in
-                                                 ("status", "reason", "metrics", "seconds", "peak_mem_mb",
-                                                  "diagnostics")}})
-        result["aggregate"] = aggregate(result["batches"])
-        if out is not None:
-            _write_json(out, result)
-    return result
-
-
-def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    from fedaudit.report.summary import mean_metrics, status_counts
-
-    agg: dict[str, Any] = mean_metrics(rows)
-    agg["seconds_median"] = statistics.median(r["seconds"] for r in rows)
-    agg["peak_mem_mb"] = max(r["peak_mem_mb"] for r in rows)
-    agg["status_counts"] = status_counts(rows)
-    return agg
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
-    tmp.replace(path)
 
 
 def main() -> None:

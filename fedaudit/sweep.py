@@ -25,9 +25,11 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from fedaudit.audit.store import RECORDS, SCENARIO, read_records
-from fedaudit.config import ConfigError, Scenario, load_scenario, parse_override
-from fedaudit.report.summary import attack_records, mean_metrics, status_counts, utility_records
+from fedaudit.audit.records import (RECORDS, Record, attack_records, client_errors, read_records, rounds_completed,
+                                    summarize, utility_records)
+from fedaudit.audit.store import SCENARIO
+from fedaudit.config import ConfigError, Scenario, parse_override
+from fedaudit.scenario import load_scenario
 
 #: The metric that stands for "how much leaked" in the plot, by preference (text, images, tables, labels).
 HEADLINE_METRICS = ("rouge1", "psnr", "feature_accuracy", "label_accuracy", "token_recall")
@@ -134,9 +136,9 @@ def finished_cell(cell: Cell, scenario_path: Path | None, overrides: list[str], 
         if not scenario_file.is_file() or scenario_file.read_text(encoding="utf-8") != expected.to_toml():
             continue
         records = read_records(run)
-        if max((r["round"] for r in utility_records(records)), default=0) < expected.federation.rounds:
+        if rounds_completed(records) < expected.federation.rounds:
             continue
-        return CellResult(cell, run, seconds.get(cell.index), rows=summarize(records))
+        return CellResult(cell, run, seconds.get(cell.index), rows=summarize_cell(records))
     return None
 
 
@@ -166,33 +168,31 @@ def run_cell(cell: Cell, scenario_path: Path | None, overrides: list[str], sweep
         errors = [line for line in tail if "error" in line.lower()]
         result.error = (errors or tail or [f"exit status {done.returncode}"])[-1][:300]
     if result.run_dir is not None:
-        result.rows = summarize(read_records(result.run_dir))
+        result.rows = summarize_cell(read_records(result.run_dir))
     return result
 
 
-def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per attack: mean metrics over every audited update, status counts, the final global
+def summarize_cell(records: list[Record]) -> list[dict[str, Any]]:
+    """One row per attack (the per-attack summary, ``records.summarize``), with the final global
     accuracy and the largest epsilon any client reported."""
     utility = utility_records(records)
-    final = utility[-1]["metrics"] if utility else {}
-    rounds = max((u["round"] for u in utility), default=0)
+    final = utility[-1].metrics if utility else {}
+    rounds = rounds_completed(records)
     audits = attack_records(records)
-    client_errors = sum(r.get("type") == "client_error" for r in records)
-    epsilons = [float(r["diagnostics"]["epsilon"]) for r in audits if "epsilon" in r.get("diagnostics", {})]
-    deltas = [float(r["diagnostics"]["delta"]) for r in audits if "delta" in r.get("diagnostics", {})]
+    errors = len(client_errors(records))
+    epsilons = [float(r.diagnostics["epsilon"]) for r in audits if "epsilon" in r.diagnostics]
+    deltas = [float(r.diagnostics["delta"]) for r in audits if "delta" in r.diagnostics]
+    common = {"rounds": rounds, "accuracy": final.get("accuracy"), "loss": final.get("loss")}
     rows = []
-    for name in dict.fromkeys(r["attack"] for r in audits):
-        mine = [r for r in audits if r["attack"] == name]
-        rows.append({"attack": name, "audits": len(mine),
-                     "statuses": " ".join(f"{k}:{v}" for k, v in status_counts(mine).items()),
-                     **mean_metrics(mine), "rounds": rounds, "accuracy": final.get("accuracy"),
-                     "loss": final.get("loss"), "epsilon": max(epsilons) if epsilons else None,
+    for summary in summarize(records):
+        rows.append({"attack": summary.attack, "audits": summary.audits,
+                     "statuses": " ".join(f"{k}:{v}" for k, v in summary.statuses.items()),
+                     **summary.metrics, **common, "epsilon": max(epsilons) if epsilons else None,
                      "delta": max(deltas) if deltas else None,
-                     "attack_seconds": mean(r["seconds"] for r in mine), "client_errors": client_errors})
+                     "attack_seconds": summary.seconds_mean, "client_errors": errors})
     if not rows:
-        rows.append({"attack": "", "audits": 0, "statuses": f"client errors: {client_errors}" if client_errors else
-                     "no audits", "rounds": rounds, "accuracy": final.get("accuracy"), "loss": final.get("loss"),
-                     "client_errors": client_errors})
+        rows.append({"attack": "", "audits": 0, "statuses": f"client errors: {errors}" if errors else "no audits",
+                     **common, "client_errors": errors})
     return rows
 
 

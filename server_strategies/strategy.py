@@ -20,7 +20,6 @@ Hooks, in the order Flower calls them each round:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -29,7 +28,8 @@ from flwr.serverapp.strategy import Strategy
 
 from fedaudit import federation
 from fedaudit.audit.auditor import Auditor
-from fedaudit.audit.observation import GroundTruth
+from fedaudit.audit.records import AttackRecord, ClientError, Record
+from fedaudit.audit.truth import GroundTruth
 from fedaudit.config import Scenario
 from fedaudit.models import ModelBundle
 
@@ -58,8 +58,18 @@ def _truth(msg: Message) -> GroundTruth:
 
 
 class AuditingStrategy(Strategy):
+    """Wraps ``inner`` (e.g. FedAvg): audits every training reply before ``inner`` aggregates it.
+
+    Args:
+        inner: the strategy that aggregates and evaluates (it never sees the audit payload).
+        auditor: runs the scenario's attacks on each Observation and records the results.
+        scenario: the run's scenario (training mode, lr, secure-aggregation group size).
+        public_model: the model bundle attacks may copy (architecture, tokenizer, adapter).
+        sink: receives every record this strategy produces itself (client errors).
+    """
+
     def __init__(self, inner: Strategy, auditor: Auditor, scenario: Scenario, public_model: ModelBundle,
-                 sink: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 sink: Callable[[Record], None] | None = None) -> None:
         self.inner = inner
         self.auditor = auditor
         self.scenario = scenario
@@ -70,11 +80,28 @@ class AuditingStrategy(Strategy):
     # -- training -------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        """Keep the global weights W_t of ``server_round`` (``arrays``), then delegate.
+
+        Returns:
+            The training messages ``inner`` builds for the round.
+        """
         self._global = {server_round: arrays.to_torch_state_dict()}
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Record failed replies, merge secure-aggregation groups, audit each good reply, strip
+        the audit payload and let ``inner`` aggregate.
+
+        Args:
+            server_round: the round whose global weights ``configure_train`` kept.
+            replies: the clients' training replies (``arrays``, ``metrics``, ``client-info`` and,
+                in simulation, the ``audit`` ground truth).
+
+        Returns:
+            ``inner``'s aggregate (FedSGD: turned from a mean gradient into the new weights
+            W_t - lr * g) and its aggregated metrics.
+        """
         global_weights = self._global[server_round]
         replies = [msg for msg in replies if not self.record_failure(server_round, msg)]
         if self.scenario.federation.secure_aggregation_group > 1:
@@ -92,10 +119,9 @@ class AuditingStrategy(Strategy):
         return arrays, metrics
 
     def record_failure(self, server_round: int, msg: Message) -> bool:
-        """Records a reply that carries an error as ``client_error``; True if it did."""
+        """Records a reply that carries an error as a ``ClientError``; True if it did."""
         if msg.has_error():
-            self._emit({"type": "client_error", "round": server_round, "client": str(msg.metadata.src_node_id),
-                        "reason": msg.error.reason})
+            self._emit(ClientError(round=server_round, client=str(msg.metadata.src_node_id), reason=msg.error.reason))
         return msg.has_error()
 
     def secure_aggregate(self, replies: list[Message]) -> list[Message]:
@@ -126,7 +152,10 @@ class AuditingStrategy(Strategy):
             merged.append(members[0])
         return merged
 
-    def audit_reply(self, server_round: int, msg: Message, global_weights: dict[str, torch.Tensor]) -> list[dict]:
+    def audit_reply(self, server_round: int, msg: Message,
+                    global_weights: dict[str, torch.Tensor]) -> list[AttackRecord]:
+        """The server's Observation of one reply (and its GroundTruth, when the client sent one),
+        through every attack; returns the records (the auditor has already sunk them)."""
         content = msg.content
         info = content.config_records.get("client-info")
         client = str(info["partition-id"]) if info is not None else str(msg.metadata.src_node_id)
@@ -139,11 +168,11 @@ class AuditingStrategy(Strategy):
         truth = _truth(msg) if "audit" in content.array_records else None
         return self.auditor.audit(observation, truth)
 
-    def _emit(self, record: dict[str, Any]) -> None:
+    def _emit(self, record: Record) -> None:
         if self.sink is not None:
             self.sink(record)
 
-    # -- evaluation: unchanged ------------------------------------------------------------
+    # -- evaluation: delegated unchanged ---------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         return self.inner.configure_evaluate(server_round, arrays, config, grid)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from fedaudit import federation
-from fedaudit.audit.observation import GroundTruth, Observation
-from fedaudit.config import Scenario, load_scenario
+from fedaudit.attacks import Observation
+from fedaudit.audit.truth import GroundTruth
+from fedaudit.config import Scenario
+from fedaudit.federation.sampled import sampled_updates
+from fedaudit.scenario import load_scenario
 
 
 def scenario(*overrides: str) -> Scenario:
@@ -15,4 +18,4 @@ def client_updates(sc: Scenario, batches: int, seed: int = 0) -> list[tuple[Obse
     """``batches`` (Observation, GroundTruth) pairs from the scenario's data."""
     data = federation.federated_data(sc)
     public = federation.build_global_model(sc, data.examples)
-    return list(federation.sampled_updates(sc, data, public, batches, seed))
+    return list(sampled_updates(sc, data, public, batches, seed))

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from fedaudit.attacks import ATTACKS, Budget, Reconstruction
+from fedaudit.attacks import REGISTRY, Budget, Reconstruction
+from fedaudit.audit.records import AttackRecord, to_json
 from fedaudit.audit.auditor import Auditor
 from fedaudit.metrics import label_accuracy, match, text_metrics, token_precision_recall
 from tests.conftest import TINY_GPT2
@@ -50,20 +51,18 @@ def update():
     return client_updates(scenario(*TINY_GPT2, "training.batch_size=2"), 1)[0]
 
 
-def test_failures_become_records_and_later_attacks_still_run(monkeypatch, update) -> None:
-    for cls in (Raises, Overruns, TooMany):
-        monkeypatch.setitem(ATTACKS, cls.name, cls)
-    sink: list[dict] = []
-    records = Auditor(["raises", "overruns", "too-many", "embedding-rows"], budget_seconds=0.3,
+def test_failures_become_records_and_later_attacks_still_run(update) -> None:
+    sink: list[AttackRecord] = []
+    records = Auditor([Raises(), Overruns(), TooMany(), REGISTRY.make("embedding-rows")], budget_seconds=0.3,
                       sink=sink.append).audit(*update)
-    assert [r["status"] for r in records] == ["error", "timeout", "error", "exact"]
-    assert records[0]["reason"] == "RuntimeError: boom"
-    assert "budget of 0.3 s" in records[1]["reason"]
-    assert "at most one prediction per example" in records[2]["reason"]
+    assert [r.status for r in records] == ["error", "timeout", "error", "exact"]
+    assert records[0].reason == "RuntimeError: boom"
+    assert "budget of 0.3 s" in records[1].reason
+    assert "at most one prediction per example" in records[2].reason
     assert sink == records
     for r in records:
         assert {"round", "client", "attack", "status", "reason", "metrics", "seconds", "peak_mem_mb",
-                "diagnostics"} <= set(r)
+                "diagnostics"} <= set(to_json(r))
 
 
 def test_budget_counts_down() -> None:

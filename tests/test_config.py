@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fedaudit.config import ConfigError, Scenario, load_scenario, scenario_from_toml
+from fedaudit.config import ConfigError, Scenario, scenario_from_toml
+from fedaudit.scenario import load_scenario
 from tests.conftest import run_cli
 
 

@@ -7,10 +7,9 @@ import math
 import pytest
 import torch
 
-from fedaudit.attacks import Budget
+from fedaudit.attacks import REGISTRY, Budget, Observation
 from fedaudit.attacks.dager import Dager, layer1_residuals, layer1_terms
 from fedaudit.audit.auditor import Auditor
-from fedaudit.audit.observation import Observation
 from fedaudit.audit.scoring import score
 from tests.helpers import client_updates, scenario
 
@@ -123,9 +122,9 @@ def test_an_update_with_nans_is_an_error_with_a_reason(cola_path) -> None:
     update[name][0, 0] = math.nan
     broken = Observation(observation.round, observation.client, observation.model, observation.global_weights,
                          update, observation.protocol)
-    record = Auditor(["dager"], 60, device="cpu").audit(broken, truth)[0]
-    assert record["status"] == "error"
-    assert "NaN" in record["reason"]
+    record = Auditor([REGISTRY.make("dager", "cpu")], 60).audit(broken, truth)[0]
+    assert record.status == "error"
+    assert "NaN" in record.reason
 
 
 def test_a_two_layer_classifier_is_not_applicable_with_a_reason(cola_path) -> None:

@@ -127,7 +127,7 @@ def test_secure_aggregation_shows_the_auditor_only_group_sums(cola_path, flower_
     public = federation.build_global_model(sc, data.examples)
     records: list[dict] = []
     inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients, min_available_nodes=clients)
-    strategy = AuditingStrategy(inner, Auditor(sc.audit.attacks, 60, sink=records.append), sc, public,
+    strategy = AuditingStrategy(inner, Auditor.for_scenario(sc.audit, sink=records.append), sc, public,
                                 sink=records.append)
     weights = {k: v.clone() for k, v in public.trainable_state().items()}
     strategy._global = {1: weights}
@@ -153,9 +153,9 @@ def test_secure_aggregation_shows_the_auditor_only_group_sums(cola_path, flower_
         assert truth.sequences() == [ids[m.bool()].tolist() for t in members
                                      for ids, m in zip(t["input_ids"], t["attention_mask"])]
         assert torch.equal(truth.labels, torch.cat([t["labels"] for t in members]))
-    audits = [r for r in records if r["type"] == "attack"]
-    assert [r["client"] for r in audits] == ["0+1", "2+3"]
-    assert all(r["metrics"]["token_recall"] == 1.0 for r in audits)
+    audits = [r for r in records if r.type == "attack"]
+    assert [r.client for r in audits] == ["0+1", "2+3"]
+    assert all(r.metrics["token_recall"] == 1.0 for r in audits)
     # Aggregation is unchanged by grouping: the global step uses the mean of all four gradients.
     new = arrays.to_torch_state_dict()
     for name, w in weights.items():

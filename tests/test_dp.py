@@ -18,7 +18,7 @@ from clients.app import build_client_app, client_round
 from fedaudit import federation
 from fedaudit.audit.auditor import Auditor
 from fedaudit.training.local import loss_fn
-from server_strategies.app import with_central_dp
+from server_strategies.central_dp import with_central_dp
 from server_strategies.strategy import AuditingStrategy
 from tests.conftest import TINY_GPT2, run_cli
 from tests.helpers import scenario
@@ -132,14 +132,14 @@ def test_dp_simulation_records_epsilon_growing_with_the_round(tmp_path: Path) ->
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
-    audits = [r for r in records if r["type"] == "attack"]
+    audits = [r for r in records if r.type == "attack"]
     assert len(audits) == 2 * 2
     acc = create_accountant("rdp")
     for r in audits:
-        acc.history = [(1.0, 1.0, r["round"])]
-        assert r["diagnostics"]["epsilon"] == pytest.approx(acc.get_epsilon(delta=1e-5), abs=1e-6)
-        assert r["diagnostics"]["delta"] == 1e-5
-    by_round = {rnd: {r["diagnostics"]["epsilon"] for r in audits if r["round"] == rnd} for rnd in (1, 2)}
+        acc.history = [(1.0, 1.0, r.round)]
+        assert r.diagnostics["epsilon"] == pytest.approx(acc.get_epsilon(delta=1e-5), abs=1e-6)
+        assert r.diagnostics["delta"] == 1e-5
+    by_round = {rnd: {r.diagnostics["epsilon"] for r in audits if r.round == rnd} for rnd in (1, 2)}
     assert max(by_round[1]) < min(by_round[2])
 
 
@@ -157,7 +157,7 @@ def _auditing(sc, records):
     data = federation.federated_data(sc)
     public = federation.build_global_model(sc, data.examples)
     inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2)
-    auditing = AuditingStrategy(inner, Auditor(sc.audit.attacks, 60, sink=records.append), sc, public,
+    auditing = AuditingStrategy(inner, Auditor.for_scenario(sc.audit, sink=records.append), sc, public,
                                 sink=records.append)
     seen = []
     auditor = auditing.auditor
@@ -194,7 +194,7 @@ def test_central_dp_server_side_auditor_sees_clipped_update_aggregate_is_noised(
         factor = clip / _norm(delta)
         for k in delta:
             torch.testing.assert_close(obs.update[k], delta[k] * factor, rtol=1e-6, atol=1e-12)
-    assert {r["client"] for r in records if r["type"] == "attack"} == {"0", "1"}
+    assert {r.client for r in records if r.type == "attack"} == {"0", "1"}
     clipped_mean = {k: weights[k] + (seen[0][0].update[k] + seen[1][0].update[k]) / 2 for k in weights}
     new = aggregate.to_torch_state_dict()
     noise = torch.cat([(new[k].double() - clipped_mean[k]).flatten() for k in weights])
@@ -210,7 +210,7 @@ def test_central_dp_records_a_failed_client_although_flower_skips_the_round(clip
     failed = Message(Error(code=0, reason="out of memory"), reply_to=_train_message(weights, 1, node=11))
     aggregate, _ = strategy.aggregate_train(1, [good, failed])
     assert aggregate is None and not seen  # Flower's rule: no aggregation when a client failed
-    assert [(r["type"], r["client"], r["reason"]) for r in records] == [("client_error", "11", "out of memory")]
+    assert [(r.type, r.client, r.reason) for r in records] == [("client_error", "11", "out of memory")]
 
 
 def _client_app_reply(app, msg: Message, partition_id: int) -> Message:

@@ -50,7 +50,7 @@ def _strategy(sc, sink):
     data = federation.federated_data(sc)
     public = federation.build_global_model(sc, data.examples)
     inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2)
-    return AuditingStrategy(inner, Auditor(sc.audit.attacks, 60, sink=sink.append), sc, public, sink=sink.append), public
+    return AuditingStrategy(inner, Auditor.for_scenario(sc.audit, sink=sink.append), sc, public, sink=sink.append), public
 
 
 def test_fedsgd_client_sends_the_gradient_and_server_applies_the_step(cola_path) -> None:
@@ -78,9 +78,9 @@ def test_fedsgd_client_sends_the_gradient_and_server_applies_the_step(cola_path)
         mean_grad = (expected[0][name] + expected[1][name]) / 2
         torch.testing.assert_close(new[name], w - 0.5 * mean_grad, rtol=1e-5, atol=1e-6)
     assert all(set(r.content.keys()) == {"arrays", "metrics"} for r in replies)
-    audits = [r for r in records if r["type"] == "attack"]
-    assert {(r["client"], r["attack"]) for r in audits} == {(c, a) for c in "01" for a in sc.audit.attacks}
-    assert all(r["metrics"]["token_recall"] == 1.0 for r in audits if r["attack"] == "embedding-rows")
+    audits = [r for r in records if r.type == "attack"]
+    assert {(r.client, r.attack) for r in audits} == {(c, a) for c in "01" for a in sc.audit.attacks}
+    assert all(r.metrics["token_recall"] == 1.0 for r in audits if r.attack == "embedding-rows")
 
 
 def test_fedavg_client_sends_weights_and_observation_is_their_float64_difference(cola_path) -> None:

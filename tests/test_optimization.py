@@ -3,15 +3,16 @@ tables, and where they do not apply."""
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 
 import pytest
 import torch
 
-from fedaudit.attacks import ATTACKS, make_attack
+from fedaudit.attacks import REGISTRY
 from fedaudit.attacks.base import Budget
+from fedaudit.audit.auditor import Auditor
 from fedaudit.audit.scoring import score
-from fedaudit.config import AuditConfig, ConfigError
+from fedaudit.config import ConfigError
 from tests.conftest import TINY_GPT2
 from tests.helpers import client_updates, scenario
 
@@ -22,7 +23,7 @@ DLG_LENET = ["model.name=cnn", "model.config={activation='sigmoid', init='unifor
 
 def test_dlg_recovers_a_real_digit_and_its_label() -> None:
     (observation, truth), = client_updates(scenario(*LENET), 1)
-    rec = make_attack("dlg", "cpu", {"steps": 60}).run(observation, Budget(600))
+    rec = REGISTRY.make("dlg", "cpu", {"steps": 60}).run(observation, Budget(600))
     assert rec.status == "partial" and "not a proof" in rec.reason
     assert rec.diagnostics["gradient_distance"] < 1e-8 and rec.diagnostics["steps"] <= 60
     metrics = score(rec, truth, observation.model)
@@ -33,7 +34,7 @@ def test_dlg_reaches_30_db_on_a_real_cifar10_image(data_dir) -> None:
     """The issue's target (PSNR >= 30 dB within 300 L-BFGS steps, b = 1), here in 100 steps."""
     sc = scenario(*DLG_LENET, f"data.source={data_dir / 'images' / 'cifar10' / 'test_2000.npz'}")
     (observation, truth), = client_updates(sc, 1)
-    rec = make_attack("dlg", "cpu", {"steps": 100}).run(observation, Budget(600))
+    rec = REGISTRY.make("dlg", "cpu", {"steps": 100}).run(observation, Budget(600))
     metrics = score(rec, truth, observation.model)
     assert metrics["psnr"] >= 30 and metrics["label_accuracy"] == 1.0
     assert rec.inputs.shape == (1, 3, 32, 32) and 0 <= float(rec.inputs.min()) <= float(rec.inputs.max()) <= 1
@@ -41,7 +42,7 @@ def test_dlg_reaches_30_db_on_a_real_cifar10_image(data_dir) -> None:
 
 def test_idlg_reads_the_label_exactly_at_batch_size_one() -> None:
     for observation, truth in client_updates(scenario(*LENET), 3, seed=2):
-        rec = make_attack("idlg", "cpu", {"steps": 5}).run(observation, Budget(600))
+        rec = REGISTRY.make("idlg", "cpu", {"steps": 5}).run(observation, Budget(600))
         assert rec.diagnostics["labels_status"] == "exact"
         assert rec.labels == truth.labels.tolist()
         assert rec.inputs.shape == truth.features.shape
@@ -49,9 +50,9 @@ def test_idlg_reads_the_label_exactly_at_batch_size_one() -> None:
 
 def test_idlg_and_ig_recover_a_real_digit() -> None:
     (observation, truth), = client_updates(scenario(*LENET), 1, seed=1)
-    idlg = make_attack("idlg", "cpu", {"steps": 60}).run(observation, Budget(600))
+    idlg = REGISTRY.make("idlg", "cpu", {"steps": 60}).run(observation, Budget(600))
     assert score(idlg, truth, observation.model)["psnr"] > 40
-    ig = make_attack("ig", "cpu", {"steps": 1000, "restarts": 1}).run(observation, Budget(600))
+    ig = REGISTRY.make("ig", "cpu", {"steps": 1000, "restarts": 1}).run(observation, Budget(600))
     metrics = score(ig, truth, observation.model)
     assert ig.status == "partial" and ig.diagnostics["steps"] == 1000 and ig.diagnostics["restarts"] == 1
     assert metrics["psnr"] > 30 and metrics["label_accuracy"] == 1.0
@@ -60,7 +61,7 @@ def test_idlg_and_ig_recover_a_real_digit() -> None:
 def test_tag_returns_text_and_is_scored_with_rouge(cola_path) -> None:
     sc = scenario(*TINY_GPT2, f"data.source={cola_path}", "training.batch_size=1")
     (observation, truth), = client_updates(sc, 1)
-    attack = make_attack("tag", "cpu", {"steps": 200})
+    attack = REGISTRY.make("tag", "cpu", {"steps": 200})
     assert attack.applicable(observation) == (True, "")
     rec = attack.run(observation, Budget(600))
     assert rec.status == "partial" and "nearest embedding rows" in rec.reason
@@ -74,34 +75,34 @@ def test_tag_returns_text_and_is_scored_with_rouge(cola_path) -> None:
 
 def test_tag_says_where_it_does_not_apply(cola_path) -> None:
     (image_obs, _), = client_updates(scenario(*LENET), 1)
-    ok, why = make_attack("tag", "cpu").applicable(image_obs)
+    ok, why = REGISTRY.make("tag", "cpu").applicable(image_obs)
     assert not ok and "images" in why
     llama = ["model.name=llama-random", "model.config={num_hidden_layers=1, hidden_size=64, intermediate_size=128, "
              "num_attention_heads=2, num_key_value_heads=2}", f"data.source={cola_path}", "training.batch_size=1"]
     (rotary_obs, _), = client_updates(scenario(*llama), 1)
-    ok, why = make_attack("tag", "cpu").applicable(rotary_obs)
+    ok, why = REGISTRY.make("tag", "cpu").applicable(rotary_obs)
     assert not ok and "rotary" in why
 
 
 def test_optimization_attacks_say_where_they_do_not_apply(cola_path) -> None:
     (text_obs, _), = client_updates(scenario(*TINY_GPT2, f"data.source={cola_path}", "training.batch_size=2"), 1)
-    ok, why = make_attack("ig", "cpu").applicable(text_obs)
+    ok, why = REGISTRY.make("ig", "cpu").applicable(text_obs)
     assert not ok and "text" in why
     fedavg = scenario(*LENET[:-1], "training.batch_size=2", "training.mode=fedavg", "training.mini_batch_size=1")
     (avg_obs, _), = client_updates(fedavg, 1)
-    ok, why = make_attack("dlg", "cpu").applicable(avg_obs)
+    ok, why = REGISTRY.make("dlg", "cpu").applicable(avg_obs)
     assert not ok and "FedAvg" in why
 
 
 @pytest.mark.parametrize("name", ["dlg", "idlg", "ig", "tag"])
-def test_option_tables_reach_the_constructors_and_match_their_defaults(name: str) -> None:
+def test_option_tables_reach_the_attacks_and_defaults_live_in_one_place(name: str) -> None:
     sc = scenario(f"audit.attacks=['{name}']", f"audit.{name}={{steps=7, seed=3}}")
-    options = sc.audit.options(name)
-    attack = make_attack(name, "cpu", options)
-    assert (attack.steps, attack.seed) == (7, 3)
-    defaults = AuditConfig().options(name)
-    signature = inspect.signature(ATTACKS[name])
-    assert defaults == {k: signature.parameters[k].default for k in defaults}
+    attack, = Auditor.for_scenario(sc.audit).attacks
+    assert (attack.options.steps, attack.options.seed) == (7, 3)
+    # Keys not in the table take the Options dataclass's defaults, the only place they are written.
+    default = REGISTRY[name].Options()
+    assert attack.options == dataclasses.replace(default, steps=7, seed=3)
+    assert REGISTRY.make(name, "cpu").options == default
 
 
 @pytest.mark.parametrize(("override", "message"), [

@@ -1,29 +1,17 @@
-"""Gradient-inversion attacks: plain classes over tensors, registered by name.
+"""Gradient-inversion attacks: plain classes over tensors, registered by name in ``REGISTRY``.
 
-No module here imports flwr or touches ground truth.
+The contract (Observation, Protocol, Budget, Reconstruction, Attack, Registry) is
+``fedaudit.attacks.base``. No module here imports flwr or touches ground truth.
 """
 
-import inspect
-
-from fedaudit.attacks.base import Attack, Budget, BudgetExceeded, Reconstruction
+from fedaudit.attacks.base import Attack, Budget, BudgetExceeded, Observation, Protocol, Reconstruction, Registry
 from fedaudit.attacks.dager import Dager
 from fedaudit.attacks.embedding_rows import EmbeddingRows
 from fedaudit.attacks.labels import LabelRecovery
-from fedaudit.attacks.optimization import DLG, IDLG, TAG, InvertingGradients
+from fedaudit.attacks.optimization import DLG, IDLG, InvertingGradients
 from fedaudit.attacks.spear import Spear
+from fedaudit.attacks.tag import TAG
 
-ATTACKS: dict[str, type] = {cls.name: cls for cls in (EmbeddingRows, LabelRecovery, Dager, Spear, DLG, IDLG,
-                                                      InvertingGradients, TAG)}
+REGISTRY = Registry([EmbeddingRows, LabelRecovery, Dager, Spear, DLG, IDLG, InvertingGradients, TAG])
 
-
-def make_attack(name: str, device: str = "auto", options: dict | None = None) -> Attack:
-    """An attack by name; ``device`` ("auto" = CUDA when present) goes to attacks that compute on
-    one, ``options`` (the scenario's ``audit.<name>`` table) to the attack's constructor."""
-    cls = ATTACKS[name]
-    kwargs = dict(options or {})
-    if "device" in inspect.signature(cls).parameters:
-        kwargs["device"] = device
-    return cls(**kwargs)
-
-
-__all__ = ["ATTACKS", "Attack", "Budget", "BudgetExceeded", "Reconstruction", "make_attack"]
+__all__ = ["REGISTRY", "Attack", "Budget", "BudgetExceeded", "Observation", "Protocol", "Reconstruction"]

@@ -50,11 +50,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fedaudit.attacks.base import Budget, BudgetExceeded, Reconstruction, resolve_device
+from fedaudit.attacks.base import Attack, Budget, BudgetExceeded, Observation, Reconstruction
 from fedaudit.attacks.spectral import gap_rank, left_singular, noise_edge, rank_above_noise, spectral_rank
 
 if TYPE_CHECKING:
-    from fedaudit.audit.observation import Observation
     from fedaudit.models.adapters import AttentionInput
 
 F64 = torch.float64
@@ -364,13 +363,13 @@ def _same(a: Any, b: Any) -> bool:
     return a == b if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) else False
 
 
-class Dager:
+class Dager(Attack):
     """DAGER over the first two attention layers of GPT-2, LLaMA and BERT families (FedSGD, FedAvg, LoRA)."""
 
     name = "dager"
 
-    def __init__(self, device: str = "auto") -> None:
-        self.device = resolve_device(device)
+    def __init__(self, options: Any = None, device: str = "auto") -> None:
+        super().__init__(options, device)
         self._kept: tuple[tuple, Layer1Terms] | None = None
         """The last layer-1 terms with the weights they were computed from (shared within a round)."""
 
@@ -421,19 +420,17 @@ class Dager:
                              min_rank=min_rank, noise_std=noise, drift=drift)
 
     def _model(self, observation: Observation) -> nn.Module:
-        """The global model, or for FedAvg the midpoint of the local trajectory (see module doc)."""
-        model = observation.global_model()
+        """A private copy of the global model, or for FedAvg of the midpoint of the local
+        trajectory W_0 + (W_E - W_0) / 2 (see module doc)."""
+        weights = dict(observation.global_weights)
         if not observation.exact_gradient:
-            params = dict(model.named_parameters())
-            with torch.no_grad():
-                for name, delta in observation.update.items():
-                    params[name].add_(0.5 * delta.to(params[name].dtype))
-        return model.to(self.device)
+            weights.update({name: weights[name].double() + 0.5 * delta for name, delta in observation.update.items()})
+        return observation.model_at(weights, self.device).model
 
     def _first_inputs(self, model: nn.Module, observation: Observation, max_len: int) -> FirstInputs:
-        """A snapshot of the first layer's inputs: copies, since the model's parameters are
-        overwritten in place by the next observation (another client's midpoint, the next round)
-        while the layer-1 terms computed from them may be kept (``_layer1_terms``)."""
+        """A snapshot of the first layer's inputs (copies: the layer-1 terms computed from them
+        may be kept for the next observation, ``_layer1_terms``, and must not hold on to the
+        whole private model)."""
         spec = observation.model.adapter.first_input
         params = dict(model.named_parameters())
         tokens = params[observation.model.adapter.embedding].detach().clone()
@@ -485,15 +482,12 @@ class Dager:
     def run(self, observation: Observation, budget: Budget) -> Reconstruction:
         started = time.perf_counter()
         try:
-            try:
-                setup = self._setup(observation)
-            except NoiseDominates as err:
-                return Reconstruction("failed", f"protocol noise of std {observation.gradient_noise_std:.3g} per "
-                                      f"gradient entry: {err}", sequences=[],
-                                      diagnostics={"noise_std": observation.gradient_noise_std})
-            return self._attack(observation, setup, budget, time.perf_counter() - started)
-        finally:
-            observation.model.model.to("cpu")
+            setup = self._setup(observation)
+        except NoiseDominates as err:
+            return Reconstruction("failed", f"protocol noise of std {observation.gradient_noise_std:.3g} per "
+                                  f"gradient entry: {err}", sequences=[],
+                                  diagnostics={"noise_std": observation.gradient_noise_std})
+        return self._attack(observation, setup, budget, time.perf_counter() - started)
 
     def _attack(self, observation: Observation, setup: _Setup, budget: Budget, setup_seconds: float) -> Reconstruction:
         s1, s2 = setup.span1, setup.span2

@@ -10,18 +10,13 @@ row of pure noise reaches (``spectral.noise_row_bound``) count, and the result i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from fedaudit.attacks.base import Budget, Reconstruction
+from fedaudit.attacks.base import Attack, Budget, Observation, Reconstruction
 from fedaudit.attacks.spectral import noise_row_bound
 
-if TYPE_CHECKING:
-    from fedaudit.audit.observation import Observation
 
-
-class EmbeddingRows:
+class EmbeddingRows(Attack):
     name = "embedding-rows"
 
     def applicable(self, observation: Observation) -> tuple[bool, str]:

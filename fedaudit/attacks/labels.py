@@ -20,23 +20,18 @@ For logits z = W h + b and cross-entropy, dL/db = p - y and dL/dW = (p - y) h^T 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from fedaudit.attacks.base import Budget, Reconstruction
-
-if TYPE_CHECKING:
-    from fedaudit.audit.observation import Observation
+from fedaudit.attacks.base import Attack, Budget, Observation, Reconstruction
 
 
 def dummy_mean_softmax(observation: Observation, samples: int = 16) -> torch.Tensor:
     """The global model's mean softmax over random inputs (token sequences or uniform features,
     seeded): a data-free estimate of mean_i p_ic in eq. (1)."""
-    observation.global_model()
-    inputs = observation.model.random_inputs(samples, torch.Generator().manual_seed(0))
+    model = observation.model_at()
+    inputs = model.random_inputs(samples, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        logits = observation.model.logits(inputs)
+        logits = model.logits(inputs)
     return torch.softmax(logits.double(), dim=-1).mean(0)
 
 
@@ -61,7 +56,7 @@ def counts_from_bias_gradient(bias_grad: torch.Tensor, batch_size: int,
     return [c for c, n in enumerate(counts.long().tolist()) for _ in range(n)]
 
 
-class LabelRecovery:
+class LabelRecovery(Attack):
     name = "labels"
 
     def applicable(self, observation: Observation) -> tuple[bool, str]:

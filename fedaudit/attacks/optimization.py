@@ -10,35 +10,29 @@
   then 1 - cos(dL(x')/dW, dL/dW) + tv TV(x') (eq. 4), Adam on the sign of the input gradient,
   step decay of the learning rate, x' kept in the image box [0, 1], several restarts of which
   the one with the lowest gradient distance is kept (never the truth: attacks do not see it).
-  The TV weight defaults to 0 here: see ``fedaudit.config.IGOptions``.
-* TAG (Deng et al., "TAG: Gradient Attack on Transformer-based Language Models", Findings of
-  EMNLP 2021): continuous dummy token embeddings and soft labels, Adam on
-  ||g' - g||_2^2 + alpha ||g' - g||_1 summed over the layers (Sec. 3), then every dummy embedding
-  read back as the vocabulary row closest in cosine.
+  The TV weight defaults to 0 here: see ``IGOptions.tv``.
+* TAG, the text attack of the same family, is in ``fedaudit.attacks.tag``.
 
 What the server knows: the global model, the gradient, the batch size (Flower's
 ``num-examples``) and, for text, the sequence length (the rows of the position-embedding
 gradient that are non-zero; padding positions reach no loss). Nothing proves a match is the
 client's data, so the status is ``partial``; the diagnostics give the final gradient distance,
 the steps and gradient evaluations spent and the seconds. All four need one exact gradient
-(FedSGD); images and table rows are optimized in float64, text in the model's dtype.
+(FedSGD); images and table rows are optimized in float64.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from fedaudit.attacks.base import Budget, BudgetExceeded, Reconstruction, resolve_device
+from fedaudit.attacks.base import Attack, Budget, BudgetExceeded, Observation, Reconstruction, options
 from fedaudit.attacks.labels import LabelRecovery
-
-if TYPE_CHECKING:
-    from fedaudit.audit.observation import Observation
 
 F64 = torch.float64
 LBFGS_ITERATIONS = 20
@@ -58,11 +52,6 @@ def cosine_distance(grads: list[torch.Tensor], target: list[torch.Tensor]) -> to
     dot = sum((g * t).sum() for g, t in zip(grads, target))
     norms = torch.sqrt(sum((g * g).sum() for g in grads)) * torch.sqrt(sum((t * t).sum() for t in target))
     return 1 - dot / norms.clamp_min(torch.finfo(norms.dtype).tiny)
-
-
-def tag_distance(grads: list[torch.Tensor], target: list[torch.Tensor], alpha: float) -> torch.Tensor:
-    """TAG, Sec. 3: sum over layers of ||g' - g||_2^2 + alpha ||g' - g||_1."""
-    return sum(((g - t) ** 2).sum() + alpha * (g - t).abs().sum() for g, t in zip(grads, target))
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -164,15 +153,10 @@ def signed_adam_fit(x: torch.Tensor, objective: Callable[[torch.Tensor], tuple[t
 
 # ---------------------------------------------------------------- image and table attacks
 
-class _GradientMatching:
+class _GradientMatching(Attack):
     """Shared set-up: a float64 copy of the global model, the observed gradients of its trainable
-    parameters, the dummy gradient of candidate inputs, and restarts keeping the lowest distance."""
-
-    name: ClassVar[str]
-
-    def __init__(self, device: str = "auto", steps: int = 300, restarts: int = 1, seed: int = 0) -> None:
-        self.device = resolve_device(device)
-        self.steps, self.restarts, self.seed = steps, restarts, seed
+    parameters, the dummy gradient of candidate inputs, and restarts keeping the lowest distance.
+    Options: ``steps``, ``restarts`` and ``seed`` at least."""
 
     def applicable(self, observation: Observation) -> tuple[bool, str]:
         if observation.model.input_shape is None:
@@ -183,8 +167,7 @@ class _GradientMatching:
         return True, ""
 
     def _setup(self, observation: Observation) -> tuple[torch.nn.Module, list[torch.Tensor], list[torch.Tensor]]:
-        # A copy: the shared model keeps its dtype for the attacks that run after this one.
-        model = copy.deepcopy(observation.global_model()).to(self.device, F64)
+        model = observation.model_at(device=self.device, dtype=F64).model
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and n in observation.update]
         target = [observation.gradient(n).to(self.device, F64) for n, _ in named]
         return model, [p for _, p in named], target
@@ -220,8 +203,8 @@ class _GradientMatching:
         shape = (observation.protocol.num_examples, *observation.model.input_shape)
         best: tuple[Fit, torch.Tensor, list[int]] | None = None
         steps = evaluations = resets = restart = 0
-        for restart in range(1, self.restarts + 1):
-            gen = torch.Generator().manual_seed(self.seed + 1_000_003 * (restart - 1))
+        for restart in range(1, self.options.restarts + 1):
+            gen = torch.Generator().manual_seed(self.options.seed + 1_000_003 * (restart - 1))
             x = torch.randn(shape, generator=gen, dtype=F64).to(self.device).requires_grad_(True)
             fit, labels = one(gen, x)
             steps, evaluations, resets = steps + fit.steps, evaluations + fit.evaluations, resets + fit.memory_resets
@@ -232,7 +215,7 @@ class _GradientMatching:
         fit, x, labels = best
         if self._is_image(observation):
             x = x.clamp(0.0, 1.0)  # images live in [0, 1]: public knowledge of the input format
-        diag = {"gradient_distance": fit.distance, "steps": steps, "steps_budget": self.steps * self.restarts,
+        diag = {"gradient_distance": fit.distance, "steps": steps, "steps_budget": self.options.steps * self.options.restarts,
                 "gradient_evaluations": evaluations, "restarts": restart, "seconds": time.perf_counter() - started,
                 **({"lbfgs_memory_resets": resets} if resets else {}), **extra}
         reason = (f"optimization reached gradient distance {fit.distance:.3g} after {steps} steps"
@@ -240,17 +223,25 @@ class _GradientMatching:
         return Reconstruction("partial", reason, inputs=x.detach().cpu().float(), labels=labels, diagnostics=diag)
 
 
+@options
+class DLGOptions:
+    """``audit.dlg`` and ``audit.idlg``: L-BFGS as in DLG's reference code."""
+
+    steps: int = Field(default=300, ge=1)
+    """L-BFGS steps per restart, each up to 20 iterations with a strong Wolfe line search."""
+    restarts: int = Field(default=1, ge=1)
+    """Independent starts; the one with the lowest gradient distance is kept."""
+    lr: float = Field(default=1.0, gt=0.0)
+    seed: int = 0
+
+
 class DLG(_GradientMatching):
     """DLG: L-BFGS on dummy inputs and soft labels, squared gradient distance (eq. 4; Algorithm 1)."""
 
     name = "dlg"
+    Options = DLGOptions
     learns_labels: ClassVar[bool] = True
     """DLG optimizes soft labels with the inputs; iDLG reads them from the head's gradient first."""
-
-    def __init__(self, device: str = "auto", steps: int = 300, restarts: int = 1, seed: int = 0,
-                 lr: float = 1.0) -> None:
-        super().__init__(device, steps, restarts, seed)
-        self.lr = lr
 
     def run(self, observation: Observation, budget: Budget) -> Reconstruction:
         started = time.perf_counter()
@@ -269,7 +260,7 @@ class DLG(_GradientMatching):
                 labels = torch.randn(x.shape[0], classes, generator=gen, dtype=F64).to(self.device)
                 variables = [x, labels.requires_grad_(True)]
             fit = lbfgs_fit(variables, lambda: squared_distance(self._dummy_gradient(model, params, x, labels), target),
-                            self.steps, budget, self.lr)
+                            self.options.steps, budget, self.options.lr)
             return fit, known if known is not None else labels.argmax(-1).tolist()
 
         return self._best_of_restarts(observation, one, started, extra)
@@ -288,16 +279,30 @@ class IDLG(DLG):
         return LabelRecovery().applicable(observation)
 
 
+@options
+class IGOptions:
+    """``audit.ig``: Inverting Gradients (signed Adam, step decay at 3/8, 5/8, 7/8 of the steps)."""
+
+    steps: int = Field(default=2000, ge=1)
+    """Adam steps per restart (the paper runs 24,000 on CIFAR-10 with a GPU)."""
+    restarts: int = Field(default=2, ge=1)
+    lr: float = Field(default=0.01, gt=0.0)
+    """In [0, 1] pixel units. The paper's 0.1 is in normalized units (CIFAR-10 std ~0.25), about
+    0.025 here; 0.01 did better on the LeNets here (benchmarks/results/optimization.md)."""
+    tv: float = Field(default=0.0, ge=0.0)
+    """Weight of the total-variation prior on images (ignored for table rows). The paper uses
+    1e-4 (CIFAR-10) to 1e-1 (ImageNet) on ResNets, where the gradient leaves the image
+    under-determined; on a LeNet with one image the cosine distance reaches ~1e-12 and any
+    weight above that biases the result (tv = 1e-6 cost 12 dB on CIFAR-10), hence 0."""
+    seed: int = 0
+
+
 class InvertingGradients(_GradientMatching):
     """Inverting Gradients: 1 - cosine similarity of the whole gradients + tv * TV (eq. 4), signed
     Adam with step decay, boxed images, restarts scored by the gradient distance alone."""
 
     name = "ig"
-
-    def __init__(self, device: str = "auto", steps: int = 2000, restarts: int = 2, seed: int = 0,
-                 tv: float = 0.0, lr: float = 0.01) -> None:
-        super().__init__(device, steps, restarts, seed)
-        self.tv, self.lr = tv, lr
+    Options = IGOptions
 
     def run(self, observation: Observation, budget: Budget) -> Reconstruction:
         started = time.perf_counter()
@@ -314,100 +319,12 @@ class InvertingGradients(_GradientMatching):
 
         def objective(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             distance = cosine_distance(self._dummy_gradient(model, params, x, labels), target)
-            return (distance + self.tv * total_variation(x) if image else distance), distance
+            return (distance + self.options.tv * total_variation(x) if image else distance), distance
 
         def one(gen: torch.Generator, x: torch.Tensor) -> tuple[Fit, list[int]]:
             if box is not None:  # the N(0, 1) start of the reference code, clipped into the box
                 with torch.no_grad():
                     x.clamp_(*box)
-            return signed_adam_fit(x, objective, self.steps, budget, self.lr, box), known
+            return signed_adam_fit(x, objective, self.options.steps, budget, self.options.lr, box), known
 
         return self._best_of_restarts(observation, one, started, extra)
-
-
-# ---------------------------------------------------------------- text
-
-class TAG:
-    """TAG: continuous dummy token embeddings and soft labels, Adam on the L2 + alpha L1 gradient
-    distance, tokens read back as the nearest embedding rows (cosine)."""
-
-    name = "tag"
-
-    def __init__(self, device: str = "auto", steps: int = 2000, lr: float = 0.25, alpha: float = 0.01,
-                 seed: int = 0) -> None:
-        self.device = resolve_device(device)
-        self.steps, self.lr, self.alpha, self.seed = steps, lr, alpha, seed
-
-    def applicable(self, observation: Observation) -> tuple[bool, str]:
-        bundle, adapter = observation.model, observation.model.adapter
-        if not bundle.is_text:
-            return False, f"TAG optimizes token embeddings; {bundle.name} reads images or table rows"
-        if bundle.task != "classification":
-            return False, "TAG as published matches a classifier's gradient with soft labels; this model is a causal LM"
-        if not observation.exact_gradient:
-            return False, (f"TAG matches one gradient; this update is {observation.protocol.local_steps} local "
-                           "steps of FedAvg")
-        positions = adapter.first_input.positions if adapter.first_input is not None else None
-        if positions is None:
-            return False, (f"the sequence length is read from the position-embedding gradient and {bundle.name} "
-                           "has no position-embedding table (rotary positions)")
-        if positions not in observation.update:
-            return False, f"the position embeddings ({positions}) are frozen, so the sequence length is unknown"
-        return True, ""
-
-    def run(self, observation: Observation, budget: Budget) -> Reconstruction:
-        started = time.perf_counter()
-        model = observation.global_model().to(self.device)
-        try:
-            return self._attack(observation, model, budget, started)
-        finally:
-            model.to("cpu")
-
-    def _attack(self, observation: Observation, model: torch.nn.Module, budget: Budget,
-                started: float) -> Reconstruction:
-        bundle, adapter = observation.model, observation.model.adapter
-        dtype = bundle.dtype
-        # The dummy embeddings bypass the lookup, so the embedding matrix's gradient is not matched.
-        named = [(n, p) for n, p in model.named_parameters()
-                 if p.requires_grad and n in observation.update and n != adapter.embedding]
-        params = [p for _, p in named]
-        target = [observation.gradient(n).to(self.device, dtype) for n, _ in named]
-        used = torch.nonzero(observation.gradient(adapter.first_input.positions).abs().amax(dim=1) > 0)
-        if used.numel() == 0:
-            return Reconstruction("failed", "the position-embedding gradient is zero, so the sequence length is unknown",
-                                  diagnostics={"seconds": time.perf_counter() - started})
-        length = int(used.max()) + 1  # positions past the longest sequence are never looked up
-        b = observation.protocol.num_examples
-        table = observation.global_weights[adapter.embedding].to(self.device, dtype)
-        classes = int(observation.update[adapter.head_weight].shape[0])
-        gen = torch.Generator().manual_seed(self.seed)
-        scale = float(table.std())  # start at the embeddings' own scale (public weights)
-        x = (scale * torch.randn(b, length, table.shape[1], generator=gen, dtype=dtype)).to(self.device)
-        soft = torch.randn(b, classes, generator=gen, dtype=dtype).to(self.device)
-        x.requires_grad_(True)
-        soft.requires_grad_(True)
-        mask = torch.ones(b, length, dtype=torch.long, device=self.device)
-        optimizer = torch.optim.Adam([x, soft], lr=self.lr * scale)
-        distance, done, ran_out = float("inf"), 0, False
-        try:
-            for done in range(1, self.steps + 1):
-                budget.check()
-                optimizer.zero_grad()
-                logits = bundle.logits_from_embeddings(x, mask)
-                grads = torch.autograd.grad(soft_cross_entropy(logits, soft), params, create_graph=True)
-                loss = tag_distance(list(grads), target, self.alpha)
-                loss.backward(inputs=[x, soft])
-                optimizer.step()
-                distance = float(loss.detach())
-        except BudgetExceeded:
-            ran_out = True
-        with torch.no_grad():
-            unit = x.detach() / x.detach().norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-            rows_unit = table / table.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-            ids = (unit @ rows_unit.T).argmax(-1).cpu()
-        diag = {"gradient_distance": distance, "steps": done, "steps_budget": self.steps, "sequence_length": length,
-                "seconds": time.perf_counter() - started, "device": str(self.device)}
-        reason = (f"optimization reached gradient distance {distance:.3g} after {done} steps"
-                  f"{' (time budget)' if ran_out else ''}; tokens are the nearest embedding rows, not a proof")
-        return Reconstruction("partial", reason, sequences=ids.tolist(), labels=soft.argmax(-1).tolist(),
-                              diagnostics=diag)

@@ -51,13 +51,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from scipy.stats import poisson
 
-from fedaudit.attacks.base import Budget, BudgetExceeded, Reconstruction, resolve_device
+from fedaudit.attacks.base import Attack, Budget, BudgetExceeded, Observation, Reconstruction, options
 from fedaudit.attacks.spectral import left_singular, noise_edge, noise_row_bound, rank_above_noise, spectral_rank
 
 if TYPE_CHECKING:
-    from fedaudit.audit.observation import Observation
     from fedaudit.models.adapters import DenseLayer
 
 F64 = torch.float64
@@ -493,15 +493,27 @@ def _new_directions(q: torch.Tensor, known: torch.Tensor, tol: float = 1e-6) -> 
     return out
 
 
-class Spear:
+@options
+class SpearOptions:
+    """``audit.spear``."""
+
+    layer: int = Field(default=0, ge=0)
+    """Which fully connected ReLU layer to attack: 0 = the first (its inputs are the model's
+    inputs), 1 = the next (its inputs are features), ..."""
+    seed: int = 0
+    """Seed of the row-subset sampling."""
+
+
+class Spear(Attack):
     """SPEAR on one fully connected layer followed by ReLU (``audit.spear.layer``: its index
     among such layers, 0 = the first, whose inputs are the model's inputs)."""
 
     name = "spear"
+    Options = SpearOptions
 
-    def __init__(self, device: str = "auto", layer: int = 0, seed: int = 0) -> None:
-        self.device = resolve_device(device)
-        self.layer, self.seed = layer, seed
+    @property
+    def layer(self) -> int:
+        return self.options.layer
 
     def _layer(self, observation: Observation) -> DenseLayer | None:
         relu = [d for d in observation.model.adapter.dense_layers if d.relu_after]
@@ -591,7 +603,7 @@ class Spear:
             diag.update(samples=0, uniform_samples_needed=1.0, min_extra_zeros=0)
             solution.try_directions([torch.ones(1, dtype=F64, device=self.device)])
             return False
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(self.options.seed)
         sampler = DirectionSampler(f, gen, self.device)
         diag["min_extra_zeros"] = sampler.min_extra
         pool = _Pool(f, solution.W, solution.bias)

@@ -1,5 +1,5 @@
-"""Observation -> attacks -> scores -> records."""
+"""The auditor: Observation -> attacks -> scores against ground truth -> typed records."""
 
-from fedaudit.audit.observation import GroundTruth, Observation, Protocol
+from fedaudit.audit.truth import GroundTruth
 
-__all__ = ["GroundTruth", "Observation", "Protocol"]
+__all__ = ["GroundTruth"]

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psutil
 import torch
 
-from fedaudit.attacks import Attack, BudgetExceeded, Reconstruction, make_attack
-from fedaudit.attacks.base import Budget
-from fedaudit.audit.observation import GroundTruth, Observation
+from fedaudit.attacks import REGISTRY
+from fedaudit.attacks.base import Attack, Budget, BudgetExceeded, Observation, Reconstruction
+from fedaudit.audit.plan import attack_options
+from fedaudit.audit.records import AttackRecord
 from fedaudit.audit.scoring import preview, score
+from fedaudit.audit.truth import GroundTruth
+from fedaudit.config import AuditConfig
 
 #: Extra wall time an attack gets past its budget to notice it (``Budget.check``) before the
 #: auditor stops waiting for it.
@@ -80,16 +83,26 @@ def _run_with_deadline(attack: Attack, observation: Observation, budget: Budget)
 
 
 class Auditor:
-    """Runs the configured attacks on every observation and hands each record to ``sink``."""
+    """Runs each attack on every observation it is given and hands each record to ``sink``.
 
-    def __init__(self, attacks: list[str], budget_seconds: float,
-                 sink: Callable[[dict[str, Any]], None] | None = None, device: str = "auto",
-                 options: dict[str, dict[str, Any]] | None = None) -> None:
-        self.attacks = [make_attack(name, device, (options or {}).get(name)) for name in attacks]
+    >>> auditor = Auditor.for_scenario(scenario.audit, sink=store.append)
+    >>> records = auditor.audit(observation, truth)
+    """
+
+    def __init__(self, attacks: Sequence[Attack], budget_seconds: float,
+                 sink: Callable[[AttackRecord], None] | None = None) -> None:
+        self.attacks = list(attacks)
         self.budget_seconds = budget_seconds
         self.sink = sink
 
-    def audit(self, observation: Observation, truth: GroundTruth | None = None) -> list[dict[str, Any]]:
+    @classmethod
+    def for_scenario(cls, audit: AuditConfig, sink: Callable[[AttackRecord], None] | None = None,
+                     names: Sequence[str] | None = None) -> Auditor:
+        """The attacks ``audit.attacks`` (or ``names``) names, with their ``[audit.<name>]`` options."""
+        attacks = [REGISTRY.make(name, audit.device, attack_options(audit, name)) for name in (names or audit.attacks)]
+        return cls(attacks, audit.budget_seconds, sink)
+
+    def audit(self, observation: Observation, truth: GroundTruth | None = None) -> list[AttackRecord]:
         records = []
         for attack in self.attacks:
             record = self._audit_one(attack, observation, truth)
@@ -98,35 +111,38 @@ class Auditor:
             records.append(record)
         return records
 
-    def _audit_one(self, attack: Attack, observation: Observation, truth: GroundTruth | None) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "type": "attack", "round": observation.round, "client": observation.client, "attack": attack.name,
-            "status": "", "reason": "", "metrics": {}, "seconds": 0.0, "peak_mem_mb": 0.0,
-            "diagnostics": dict(observation.privacy),  # the client's reported budget (epsilon, delta)
-        }
+    def _audit_one(self, attack: Attack, observation: Observation, truth: GroundTruth | None) -> AttackRecord:
+        # The client's reported budget (epsilon, delta) goes with every audit of its update.
+        record = AttackRecord(round=observation.round, client=observation.client, attack=attack.name, status="",
+                              diagnostics=dict(observation.privacy))
         ok, why = attack.applicable(observation)
         if not ok:
-            record.update(status="not_applicable", reason=why)
+            record.status, record.reason = "not_applicable", why
             return record
         budget = Budget(self.budget_seconds)
         start = time.perf_counter()
         with PeakMemory() as memory:
             outcome, value = _run_with_deadline(attack, observation, budget)
-        record.update(seconds=round(time.perf_counter() - start, 4), peak_mem_mb=round(memory.peak_mb, 2))
+        record.seconds, record.peak_mem_mb = round(time.perf_counter() - start, 4), round(memory.peak_mb, 2)
         if outcome == "timeout" or isinstance(value, BudgetExceeded):
-            record.update(status="timeout", reason=f"exceeded its budget of {self.budget_seconds:g} s")
-            return record
-        if outcome == "error":
-            record.update(status="error", reason=f"{type(value).__name__}: {value}")
-            return record
-        if not isinstance(value, Reconstruction):
-            record.update(status="error", reason=f"returned {type(value).__name__}, not a Reconstruction")
-            return record
-        record.update(status=value.status, reason=value.reason, diagnostics={**record["diagnostics"], **value.diagnostics})
-        record["reconstruction"] = preview(value, observation.model)
-        if truth is not None:
-            try:
-                record["metrics"] = score(value, truth, observation.model)
-            except ValueError as err:  # e.g. more predictions than examples
-                record.update(status="error", reason=f"unscorable reconstruction: {err}", metrics={})
+            record.status, record.reason = "timeout", f"exceeded its budget of {self.budget_seconds:g} s"
+        elif outcome == "error":
+            record.status, record.reason = "error", f"{type(value).__name__}: {value}"
+        elif not isinstance(value, Reconstruction):
+            record.status, record.reason = "error", f"returned {type(value).__name__}, not a Reconstruction"
+        else:
+            self._verdict(record, value, observation, truth)
         return record
+
+    @staticmethod
+    def _verdict(record: AttackRecord, rec: Reconstruction, observation: Observation,
+                 truth: GroundTruth | None) -> None:
+        record.status, record.reason = rec.status, rec.reason
+        record.diagnostics.update(rec.diagnostics)
+        record.reconstruction = preview(rec, observation.model)
+        if truth is None:
+            return
+        try:
+            record.metrics = score(rec, truth, observation.model)
+        except ValueError as err:  # e.g. more predictions than examples
+            record.status, record.reason, record.metrics = "error", f"unscorable reconstruction: {err}", {}

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from fedaudit.attacks.base import Reconstruction
-from fedaudit.audit.observation import GroundTruth
+from fedaudit.audit.truth import GroundTruth
 from fedaudit.metrics import label_accuracy, text_metrics, token_precision_recall
 from fedaudit.metrics.arrays import image_metrics, table_metrics
 from fedaudit.models import ModelBundle

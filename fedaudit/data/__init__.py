@@ -6,7 +6,8 @@ from fedaudit.config import DataConfig
 from fedaudit.data.arrays import ArrayExamples, TableSchema, load_images, load_table, modality
 from fedaudit.data.demo import generate_demo_records
 from fedaudit.data.partition import holdout_split, partition
-from fedaudit.data.text import DataError, TextExamples, limit, load_text
+from fedaudit.data.examples import DataError, TextExamples
+from fedaudit.data.text import limit, load_text
 
 Examples = TextExamples | ArrayExamples
 

@@ -19,7 +19,8 @@ from typing import Any, Literal
 import numpy as np
 
 from fedaudit.config import DataConfig
-from fedaudit.data.text import DataError, map_labels
+from fedaudit.data.examples import DataError
+from fedaudit.data.text import map_labels
 
 IMAGE_NAMES = {"digits": None, "mnist": "ylecun/mnist", "cifar10": "uoft-cs/cifar10"}
 """Built-in image sources: scikit-learn's digits, or the hub id of the named dataset."""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from faker import Faker
 
-from fedaudit.data.text import TextExamples
+from fedaudit.data.examples import TextExamples
 
 LABEL_NAMES = ["medical", "financial", "contact"]
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 import numpy as np
 
-from fedaudit.data.text import DataError, seeded_rng
+from fedaudit.data.examples import DataError, seeded_rng
 
 # Enough redraws that a feasible Dirichlet split is practically always found, few enough
 # that an infeasible one fails fast.

@@ -8,9 +8,11 @@ who have it).
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -88,7 +90,20 @@ class ModelBundle:
         """The parameters that train and travel, by name (tied weights appear once)."""
         return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
 
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+    def loaded(self, weights: Mapping[str, torch.Tensor], device: torch.device | str = "cpu",
+               dtype: torch.dtype | None = None) -> ModelBundle:
+        """A private copy of this bundle whose model carries ``weights``, on ``device``, in ``dtype``
+        (default: this bundle's), in eval mode. This bundle and ``weights`` are left as they were;
+        tokenizer and adapter are shared (read-only)."""
+        dtype = dtype or self.dtype
+        model = copy.deepcopy(self.model).to(dtype)
+        bundle = replace(self, model=model, dtype=dtype)
+        bundle.load_state(weights)
+        model.to(device).eval()
+        return bundle
+
+    def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Copy ``state`` into this bundle's own model (the client's and the server's evaluator's)."""
         params = dict(self.model.named_parameters())
         missing = [n for n in self.trainable_state() if n not in state]
         if missing:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fedaudit.audit.records import AttackRecord, ClientError, Record, UtilityRecord
 from fedaudit.config import Scenario
 from fedaudit.report.summary import format_metrics
 
@@ -20,44 +20,44 @@ class RoundConsole:
     def __init__(self, scenario: Scenario, console: Console | None = None) -> None:
         self.scenario = scenario
         self.console = console or Console(highlight=False)
-        self._rounds: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        self._rounds: dict[int, list[Record]] = defaultdict(list)
 
-    def record(self, record: dict[str, Any]) -> None:
-        self._rounds[record["round"]].append(record)
+    def record(self, record: Record) -> None:
+        self._rounds[record.round].append(record)
         total = self.scenario.federation.rounds
-        if record.get("type") == "attack":
-            style = STATUS_STYLE.get(record["status"], "")
+        if isinstance(record, AttackRecord):
+            style = STATUS_STYLE.get(record.status, "")
             self.console.print(
-                f"\\[round {record['round']}/{total}] client {escape(str(record['client']))} "
-                f"{record['attack']}: [{style}]{record['status']}[/] {format_metrics(record['metrics'])} "
-                f"({record['seconds']:.2f} s)")
-        elif record.get("type") == "client_error":
-            self.console.print(f"\\[round {record['round']}/{total}] client {escape(str(record['client']))} failed: "
-                               f"{escape(record['reason'])}", style="magenta")
+                f"\\[round {record.round}/{total}] client {escape(record.client)} "
+                f"{record.attack}: [{style}]{record.status}[/] {format_metrics(record.metrics)} "
+                f"({record.seconds:.2f} s)")
+        elif isinstance(record, ClientError):
+            self.console.print(f"\\[round {record.round}/{total}] client {escape(record.client)} failed: "
+                               f"{escape(record.reason)}", style="magenta")
 
     def round_done(self, server_round: int) -> None:
         records = self._rounds.pop(server_round, [])
-        utility = next((r["metrics"] for r in records if r.get("type") == "utility"), {})
+        utility = next((r.metrics for r in records if isinstance(r, UtilityRecord)), {})
         title = f"Round {server_round}/{self.scenario.federation.rounds}" if server_round else "Initial model"
         if utility:
             title += f"  utility: loss {utility['loss']:.4f}, accuracy {utility['accuracy']:.3f}"
-        audits = [r for r in records if r.get("type") == "attack"]
+        audits = [r for r in records if isinstance(r, AttackRecord)]
         if not audits:
             self.console.print(title)
             return
-        attacks = list(dict.fromkeys(r["attack"] for r in audits))
+        attacks = list(dict.fromkeys(r.attack for r in audits))
         table = Table(title=title, title_justify="left")
         table.add_column("client")
         for name in attacks:
             table.add_column(name)
-        by_client: dict[str, dict[str, dict]] = defaultdict(dict)
+        by_client: dict[str, dict[str, AttackRecord]] = defaultdict(dict)
         for r in audits:
-            by_client[str(r["client"])][r["attack"]] = r
+            by_client[r.client][r.attack] = r
         for client in sorted(by_client, key=lambda c: (len(c), c)):
             cells = []
             for name in attacks:
                 r = by_client[client].get(name)
                 cells.append("" if r is None else
-                             f"[{STATUS_STYLE.get(r['status'], '')}]{r['status']}[/] {format_metrics(r['metrics'])}")
+                             f"[{STATUS_STYLE.get(r.status, '')}]{r.status}[/] {format_metrics(r.metrics)}")
             table.add_row(escape(client), *cells)
         self.console.print(table)

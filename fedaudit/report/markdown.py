@@ -8,14 +8,14 @@ import re
 import sys
 from collections import defaultdict
 from pathlib import Path
-from statistics import mean
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from fedaudit.audit.store import SCENARIO, read_records
-from fedaudit.report.summary import (attack_records, format_metrics, mean_metrics, status_counts,
-                                     utility_records)
+from fedaudit.audit.records import (attack_records, client_errors, read_records, rounds_completed, summarize,
+                                    utility_records)
+from fedaudit.audit.store import SCENARIO
+from fedaudit.report.summary import format_metrics
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,18 +39,6 @@ def sparkline(values: list[float]) -> str:
     lo, hi = min(values), max(values)
     span = (hi - lo) or 1.0
     return "".join(BARS[1 + round((v - lo) / span * (len(BARS) - 2))] for v in values)
-
-
-def _summaries(audits: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    by_attack: dict[str, list[dict]] = defaultdict(list)
-    for r in audits:
-        by_attack[r["attack"]].append(r)
-    out = []
-    for name, rows in by_attack.items():
-        out.append({"attack": name, "count": len(rows), "statuses": status_counts(rows),
-                    "means": format_metrics(mean_metrics(rows)),
-                    "seconds": mean(r["seconds"] for r in rows)})
-    return out
 
 
 def defenses_line(scenario: dict[str, Any]) -> str:
@@ -81,20 +69,20 @@ def render_report(run_dir: str | Path) -> str:
     scenario = tomllib.loads(scenario_file.read_text(encoding="utf-8")) if scenario_file.is_file() else {}
     audits = attack_records(records)
     utility = utility_records(records)
-    rounds: dict[int, list[dict]] = defaultdict(list)
+    rounds: dict[int, list] = defaultdict(list)
     for r in audits:
-        rounds[r["round"]].append(r)
+        rounds[r.round].append(r)
     env = Environment(loader=PackageLoader("fedaudit.report", "templates"), undefined=StrictUndefined,
                       autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["md"] = md_escape
     env.filters["metrics"] = format_metrics
-    env.filters["epsilon"] = lambda e: str(e) if isinstance(e, str) else f"{e:.3g}"  # "inf" is stored as a string
+    env.filters["epsilon"] = lambda e: str(e) if isinstance(e, str) else f"{e:.3g}"
     return env.get_template("report.template.md").render(
-        run_id=run_dir.name, scenario=scenario, defenses=defenses_line(scenario) if scenario else "", summaries=_summaries(audits), utility=utility,
-        accuracy_line=sparkline([u["metrics"]["accuracy"] for u in utility]),
-        loss_line=sparkline([u["metrics"]["loss"] for u in utility]),
-        rounds=sorted(rounds.items()), errors=[r for r in records if r.get("type") == "client_error"],
-        completed_rounds=max([u["round"] for u in utility] + [0]),
+        run_id=run_dir.name, scenario=scenario, defenses=defenses_line(scenario) if scenario else "",
+        summaries=summarize(records), utility=utility,
+        accuracy_line=sparkline([u.metrics["accuracy"] for u in utility]),
+        loss_line=sparkline([u.metrics["loss"] for u in utility]),
+        rounds=sorted(rounds.items()), errors=client_errors(records), completed_rounds=rounds_completed(records),
     )
 
 

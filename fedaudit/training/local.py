@@ -11,6 +11,7 @@ What leaves the client, and why:
   what the client touched; ``model.dtype = "float64"`` removes that effect.
 * With ``[defenses.dp_sgd]`` both modes train through Opacus (``fedaudit.training.dp``): what
   leaves is the privatized gradient (FedSGD) or the weights after DP-SGD steps (FedAvg).
+  ``fedaudit.training.update.local_update`` picks the path.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from fedaudit.config import DPSGDConfig, TrainingConfig
+from fedaudit.config import TrainingConfig
 from fedaudit.models import ModelBundle
 
 
@@ -152,20 +153,6 @@ def fedavg(bundle: ModelBundle, batch: Batch, training: TrainingConfig, seed: in
     optimizer.zero_grad(set_to_none=True)
     return LocalUpdate("weights", {k: v.clone() for k, v in bundle.trainable_state().items()},
                        len(batch), steps, sum(losses) / len(losses))
-
-
-def local_update(bundle: ModelBundle, batch: Batch, training: TrainingConfig, seed: int,
-                 dp: DPSGDConfig | None = None) -> LocalUpdate:
-    """What a client computes from the global weights already loaded into ``bundle``
-    (with ``dp``: DP-SGD through Opacus)."""
-    bundle.model.train()
-    if dp is not None:
-        from fedaudit.training.dp import dp_local_update
-
-        return dp_local_update(bundle, batch, training, dp, seed)
-    if training.mode == "fedsgd":
-        return fedsgd(bundle, batch)
-    return fedavg(bundle, batch, training, seed)
 
 
 @torch.no_grad()

@@ -1,0 +1,200 @@
+"""Typed records of a run, their one JSON form, and the one per-attack summary.
+
+Three kinds of record land in ``records.jsonl``, one JSON object per line:
+
+* ``AttackRecord``: one attack on one client's update in one round (status, reason, metrics,
+  cost, diagnostics, a preview of what was recovered);
+* ``UtilityRecord``: the global model's loss and accuracy on the holdout after a round;
+* ``ClientError``: a client whose reply carried an error instead of an update.
+
+``to_json`` is the only writer's format and ``from_json`` the only reader's: it also reads run
+directories written before records were typed (a line without ``type`` is an attack record;
+non-finite numbers stored as the strings "inf", "-inf", "nan" come back as floats).
+``summarize`` is the per-attack summary the report, the sweep and ``fedaudit attack`` share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Union
+
+RECORDS = "records.jsonl"
+NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+@dataclass
+class AttackRecord:
+    round: int
+    client: str
+    attack: str
+    status: str
+    """exact | partial | failed (the attack's verdict), not_applicable, error, timeout."""
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    peak_mem_mb: float = 0.0
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    reconstruction: dict[str, Any] | None = None
+    """A short, JSON-ready preview of what was recovered (texts, tokens, records, labels)."""
+
+    type: ClassVar[str] = "attack"
+
+
+@dataclass
+class UtilityRecord:
+    round: int
+    metrics: dict[str, float]
+    """The global model's ``loss`` and ``accuracy`` on the server's holdout."""
+    examples: int = 0
+
+    type: ClassVar[str] = "utility"
+
+
+@dataclass
+class ClientError:
+    round: int
+    client: str
+    reason: str
+
+    type: ClassVar[str] = "client_error"
+
+
+Record = Union[AttackRecord, UtilityRecord, ClientError]
+KINDS: dict[str, type] = {kind.type: kind for kind in (AttackRecord, UtilityRecord, ClientError)}
+
+
+# ---------------------------------------------------------------- JSON form
+
+
+def to_json(record: Record) -> dict[str, Any]:
+    """The record as stored: ``type`` first; utility records keep ``client``/``attack`` null."""
+    out: dict[str, Any] = {"type": record.type, "round": record.round}
+    if isinstance(record, UtilityRecord):
+        out.update(client=None, attack=None)
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if f.name != "round" and not (f.name == "reconstruction" and value is None):
+            out[f.name] = value
+    return _json_safe(out)
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no inf/nan: they are stored as strings ("inf", "nan") rather than break the line."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _numbers(table: Any) -> dict[str, Any]:
+    """A metrics or diagnostics table read back: "inf"/"nan" strings become floats again."""
+    if not isinstance(table, dict):
+        return {}
+    return {k: NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in table.items()}
+
+
+def from_json(data: dict[str, Any]) -> Record | None:
+    """The typed record of one stored line, or None for a line of an unknown kind."""
+    kind = KINDS.get(data.get("type", "attack"))
+    if kind is AttackRecord and not data.get("attack"):
+        return None
+    if kind is None or "round" not in data:
+        return None
+    values = {f.name: data[f.name] for f in dataclasses.fields(kind) if f.name in data}
+    for key in ("metrics", "diagnostics"):
+        if key in values:
+            values[key] = _numbers(values[key])
+    if kind is AttackRecord:
+        values["client"] = str(values.get("client"))
+        values.setdefault("status", "")
+    if kind is ClientError:
+        values.setdefault("client", "")
+        values.setdefault("reason", "")
+    if kind is UtilityRecord:
+        values.setdefault("metrics", {})
+    return kind(**values)
+
+
+def read_records(run_dir: str | Path) -> list[Record]:
+    """Every complete record of a run, typed; a torn final line (killed while writing) and lines
+    of unknown kinds are skipped."""
+    out = []
+    for line in (Path(run_dir) / RECORDS).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = from_json(json.loads(line))
+        except (json.JSONDecodeError, TypeError, AttributeError):
+            continue
+        if record is not None:
+            out.append(record)
+    return out
+
+
+def attack_records(records: list[Record]) -> list[AttackRecord]:
+    return [r for r in records if isinstance(r, AttackRecord)]
+
+
+def utility_records(records: list[Record]) -> list[UtilityRecord]:
+    return sorted((r for r in records if isinstance(r, UtilityRecord)), key=lambda r: r.round)
+
+
+def client_errors(records: list[Record]) -> list[ClientError]:
+    return [r for r in records if isinstance(r, ClientError)]
+
+
+def rounds_completed(records: list[Record]) -> int:
+    """The last round whose global model was evaluated (0: only the initial model, or none)."""
+    return max((r.round for r in utility_records(records)), default=0)
+
+
+# ---------------------------------------------------------------- the per-attack summary
+
+
+@dataclass
+class AttackSummary:
+    """One attack over a set of audits: how many, with which verdicts, mean metrics and cost."""
+
+    attack: str
+    audits: int
+    statuses: dict[str, int]
+    metrics: dict[str, float]
+    """Mean of each metric over the audits that report it as a finite number."""
+    seconds_mean: float
+    seconds_median: float
+    peak_mem_mb: float
+    """The largest peak over the audits."""
+
+
+def mean_metrics(records: list[AttackRecord]) -> dict[str, float]:
+    """Mean of each metric over the records that report it as a finite number."""
+    keys = dict.fromkeys(k for r in records for k in r.metrics)
+    values = {k: [v for r in records if _finite_number(v := r.metrics.get(k))] for k in keys}
+    return {k: statistics.mean(v) for k, v in values.items() if v}
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def summarize(records: list[Record]) -> list[AttackSummary]:
+    """One summary per attack, in the order the attacks first appear."""
+    audits = attack_records(records)
+    out = []
+    for name in dict.fromkeys(r.attack for r in audits):
+        mine = [r for r in audits if r.attack == name]
+        seconds = [r.seconds for r in mine]
+        out.append(AttackSummary(attack=name, audits=len(mine), statuses=dict(Counter(r.status for r in mine)),
+                                 metrics=mean_metrics(mine), seconds_mean=statistics.mean(seconds),
+                                 seconds_median=statistics.median(seconds),
+                                 peak_mem_mb=max(r.peak_mem_mb for r in mine)))
+    return out
