@@ -41,8 +41,8 @@ def test_embedding_rows_fedavg_float64_is_exact_and_float32_says_why(cola_path) 
     exact = _audit("embedding-rows", client_updates(scenario(*common, "model.dtype=float64"), 2))
     assert all(r.status == "exact" and r.metrics["token_recall"] == 1.0 for r in exact)
     f32 = _audit("embedding-rows", client_updates(scenario(*common), 1))
-    assert f32[0]["status"] == "partial" and "float32" in f32[0]["reason"]
-    assert f32[0]["metrics"]["token_precision"] == 1.0
+    assert f32[0].status == "partial" and "float32" in f32[0].reason
+    assert f32[0].metrics["token_precision"] == 1.0
 
 
 def test_embedding_rows_not_applicable_when_tied(cola_path) -> None:
