@@ -10,7 +10,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: setup setup-models demo test clean
+.PHONY: setup setup-models demo lint test clean
 
 setup: $(STAMP)
 
@@ -32,7 +32,14 @@ setup-models:
 demo: setup
 	$(BIN)/fedaudit run simulations/quickstart.toml
 
-test: setup
+# Lint: ruff (style and errors, formatting) and import-linter (the architecture's layers,
+# [tool.importlinter] in pyproject.toml).
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 clean:

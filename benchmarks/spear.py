@@ -14,11 +14,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common import arguments, device_name, earlier_rows, fmt, save  # noqa: E402  (this folder, run as scripts)
+
 from fedaudit.federation import prepare  # noqa: E402
 from fedaudit.federation.sampled import evaluate_attack  # noqa: E402
 from fedaudit.scenario import load_scenario  # noqa: E402

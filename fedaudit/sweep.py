@@ -22,11 +22,18 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import mean
 from typing import Any
 
-from fedaudit.audit.records import (RECORDS, Record, attack_records, client_errors, read_records, rounds_completed,
-                                    summarize, utility_records)
+from fedaudit.audit.records import (
+    RECORDS,
+    Record,
+    attack_records,
+    client_errors,
+    read_records,
+    rounds_completed,
+    summarize,
+    utility_records,
+)
 from fedaudit.audit.store import SCENARIO
 from fedaudit.config import ConfigError, Scenario, parse_override
 from fedaudit.scenario import load_scenario

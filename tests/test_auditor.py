@@ -7,8 +7,8 @@ import time
 import pytest
 
 from fedaudit.attacks import REGISTRY, Budget, Reconstruction
-from fedaudit.audit.records import AttackRecord, to_json
 from fedaudit.audit.auditor import Auditor
+from fedaudit.audit.records import AttackRecord, to_json
 from fedaudit.metrics import label_accuracy, match, text_metrics, token_precision_recall
 from tests.conftest import TINY_GPT2
 from tests.helpers import client_updates, scenario

@@ -3,7 +3,6 @@ with the auditor between clipping and noise), the reported privacy budget, and t
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from opacus.accountants import create_accountant
 from clients.app import build_client_app, client_round
 from fedaudit import federation
 from fedaudit.audit.auditor import Auditor
+from fedaudit.audit.records import attack_records, read_records
 from fedaudit.training.local import loss_fn
 from server_strategies.central_dp import with_central_dp
 from server_strategies.strategy import AuditingStrategy
@@ -131,8 +131,7 @@ def test_dp_simulation_records_epsilon_growing_with_the_round(tmp_path: Path) ->
                    "--set", "defenses.dp_sgd={noise_multiplier=1.0, max_grad_norm=1.0, accountant=\"rdp\"}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
-    audits = [r for r in records if r.type == "attack"]
+    audits = attack_records(read_records(run_dir))
     assert len(audits) == 2 * 2
     acc = create_accountant("rdp")
     for r in audits:

@@ -219,8 +219,8 @@ def test_noised_updates_degrade_spear_gracefully_with_reasons() -> None:
 
 
 def test_a_pruned_update_gives_estimates_not_exact_inputs() -> None:
-    from fedaudit.attacks import Budget
     from fedaudit import federation
+    from fedaudit.attacks import Budget
     from fedaudit.attacks.spear import Spear
     from tests.helpers import client_updates, scenario
 

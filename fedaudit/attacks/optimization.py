@@ -24,8 +24,9 @@ the steps and gradient evaluations spent and the seconds. All four need one exac
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fedaudit.config import DataConfig
 from fedaudit.data.arrays import ArrayExamples, TableSchema, load_images, load_table, modality
 from fedaudit.data.demo import generate_demo_records
-from fedaudit.data.partition import holdout_split, partition
 from fedaudit.data.examples import DataError, TextExamples
+from fedaudit.data.partition import holdout_split, partition
 from fedaudit.data.text import limit, load_text
 
 Examples = TextExamples | ArrayExamples

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fedaudit.attacks.base import Observation
 from fedaudit.audit.auditor import Auditor
 from fedaudit.audit.records import AttackRecord, summarize, to_json
 from fedaudit.audit.truth import GroundTruth
-from fedaudit.attacks.base import Observation
 from fedaudit.config import Scenario
 from fedaudit.federation.client import client_update
 from fedaudit.federation.plan import FederatedData, build_global_model, encode_examples, sample_batches

@@ -12,8 +12,14 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from fedaudit.audit.records import (attack_records, client_errors, read_records, rounds_completed, summarize,
-                                    utility_records)
+from fedaudit.audit.records import (
+    attack_records,
+    client_errors,
+    read_records,
+    rounds_completed,
+    summarize,
+    utility_records,
+)
 from fedaudit.audit.store import SCENARIO
 from fedaudit.report.summary import format_metrics
 
