@@ -43,20 +43,75 @@ PAPER_BERT_COLA = {1: (1.0, None), 2: (1.0, None), 4: (0.940, None), 8: (0.678, 
 def rows() -> list[tuple[str, str, str, int, list[str], tuple | None]]:
     out = []
     for b in (1, 2, 4, 8, 16, 32, 64):
-        out.append((f"gpt2-cola-{b}", "GPT-2 (random, 124M)", "CoLA", b,
-                    ["model.name=gpt2-random", GPT2_SMALL, f"data.source={COLA}"], PAPER_GPT2_COLA.get(b)))
-        out.append((f"gpt2-sst2-{b}", "GPT-2 (random, 124M)", "SST-2", b,
-                    ["model.name=gpt2-random", GPT2_SMALL, f"data.source={SST2}"], PAPER_GPT2_SST2.get(b)))
+        out.append(
+            (
+                f"gpt2-cola-{b}",
+                "GPT-2 (random, 124M)",
+                "CoLA",
+                b,
+                ["model.name=gpt2-random", GPT2_SMALL, f"data.source={COLA}"],
+                PAPER_GPT2_COLA.get(b),
+            )
+        )
+        out.append(
+            (
+                f"gpt2-sst2-{b}",
+                "GPT-2 (random, 124M)",
+                "SST-2",
+                b,
+                ["model.name=gpt2-random", GPT2_SMALL, f"data.source={SST2}"],
+                PAPER_GPT2_SST2.get(b),
+            )
+        )
     for b in (1, 2, 4, 8):
-        out.append((f"llama-cola-{b}", "LLaMA (random, 4 layers, d=512)", "CoLA", b,
-                    ["model.name=llama-random", "model.config={}", f"data.source={COLA}"], None))
-        out.append((f"bert-cola-{b}", "BERT (MiniLM-L6, pretrained)", "CoLA", b,
-                    ["model.name=minilm-l6", "model.config={}", f"data.source={COLA}"], PAPER_BERT_COLA.get(b)))
-    out.append(("gpt2-cola-fedavg-4", "GPT-2 FedAvg E=2 mb=2 float64", "CoLA", 4,
-                ["model.name=gpt2-random", GPT2_SMALL, f"data.source={COLA}", "model.dtype=float64",
-                 "training.mode=fedavg", "training.local_epochs=2", "training.mini_batch_size=2"], None))
-    out.append(("gpt2-cola-lora-8", "GPT-2 LoRA r=256 (round 1)", "CoLA", 8,
-                ["model.name=gpt2-random", GPT2_SMALL, f"data.source={COLA}", "model.lora={r=256, alpha=256}"], None))
+        out.append(
+            (
+                f"llama-cola-{b}",
+                "LLaMA (random, 4 layers, d=512)",
+                "CoLA",
+                b,
+                ["model.name=llama-random", "model.config={}", f"data.source={COLA}"],
+                None,
+            )
+        )
+        out.append(
+            (
+                f"bert-cola-{b}",
+                "BERT (MiniLM-L6, pretrained)",
+                "CoLA",
+                b,
+                ["model.name=minilm-l6", "model.config={}", f"data.source={COLA}"],
+                PAPER_BERT_COLA.get(b),
+            )
+        )
+    out.append(
+        (
+            "gpt2-cola-fedavg-4",
+            "GPT-2 FedAvg E=2 mb=2 float64",
+            "CoLA",
+            4,
+            [
+                "model.name=gpt2-random",
+                GPT2_SMALL,
+                f"data.source={COLA}",
+                "model.dtype=float64",
+                "training.mode=fedavg",
+                "training.local_epochs=2",
+                "training.mini_batch_size=2",
+            ],
+            None,
+        )
+    )
+    out.append(
+        (
+            "gpt2-cola-lora-8",
+            "GPT-2 LoRA r=256 (round 1)",
+            "CoLA",
+            8,
+            ["model.name=gpt2-random", GPT2_SMALL, f"data.source={COLA}", "model.lora={r=256, alpha=256}"],
+            None,
+        )
+    )
     return out
 
 
@@ -85,45 +140,84 @@ def write(results: dict, path: Path) -> None:
 
 
 def markdown(results: dict) -> list[str]:
-    lines = [f"# DAGER text recovery ({results['device']})", "",
-             "FedSGD unless named. Seconds per batch: median over the row's batches (clients of one round, "
-             "sharing the layer-1 terms) and the first batch (which computes them). "
-             f"Plain matmul on this machine: {fmt(results['matmul_gflops_f32'], 1)} GFLOP/s float32, "
-             f"{fmt(results['matmul_gflops_f64'], 1)} float64.", "",
-             "| model | data | B | batches | R-1 | R-2 | exact match | token recall | s/batch median | s first | "
-             "peak MB | layer-1 GFLOP/s (first) | budget s | status | paper R-1 / R-2 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# DAGER text recovery ({results['device']})",
+        "",
+        "FedSGD unless named. Seconds per batch: median over the row's batches (clients of one round, "
+        "sharing the layer-1 terms) and the first batch (which computes them). "
+        f"Plain matmul on this machine: {fmt(results['matmul_gflops_f32'], 1)} GFLOP/s float32, "
+        f"{fmt(results['matmul_gflops_f64'], 1)} float64.",
+        "",
+        "| model | data | B | batches | R-1 | R-2 | exact match | token recall | s/batch median | s first | "
+        "peak MB | layer-1 GFLOP/s (first) | budget s | status | paper R-1 / R-2 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["rows"]:
         paper = r["paper"]
         paper_s = "-" if paper is None else f"{fmt(paper[0], 3)} / {fmt(paper[1], 3)}"
-        lines.append(f"| {r['family']} | {r['dataset']} | {r['B']} | {r['batches']} | {fmt(r.get('rouge1'))} | "
-                     f"{fmt(r.get('rouge2'))} | {fmt(r.get('exact_match'))} | {fmt(r.get('token_recall'))} | "
-                     f"{fmt(r['seconds_median'], 2)} | {fmt(r['seconds_first'], 2)} | {fmt(r['peak_mem_mb'], 0)} | "
-                     f"{fmt(r['layer1_gflops'], 1)} | {r['budget_s']:g} | {r['status_counts']} | {paper_s} |")
+        lines.append(
+            f"| {r['family']} | {r['dataset']} | {r['B']} | {r['batches']} | {fmt(r.get('rouge1'))} | "
+            f"{fmt(r.get('rouge2'))} | {fmt(r.get('exact_match'))} | {fmt(r.get('token_recall'))} | "
+            f"{fmt(r['seconds_median'], 2)} | {fmt(r['seconds_first'], 2)} | {fmt(r['peak_mem_mb'], 0)} | "
+            f"{fmt(r['layer1_gflops'], 1)} | {r['budget_s']:g} | {r['status_counts']} | {paper_s} |"
+        )
     return lines
 
 
 def main() -> None:
     args = arguments(__doc__, "dager_text", budget=300.0)
     device = device_name()
-    results = {"device": device, "matmul_gflops_f32": matmul_gflops(torch.float32),
-               "matmul_gflops_f64": matmul_gflops(torch.float64), "rows": earlier_rows(args.out, device, args.rows)}
+    results = {
+        "device": device,
+        "matmul_gflops_f32": matmul_gflops(torch.float32),
+        "matmul_gflops_f64": matmul_gflops(torch.float64),
+        "rows": earlier_rows(args.out, device, args.rows),
+    }
     for name, family, dataset, b, overrides, paper in rows():
         if args.rows and name not in args.rows:
             continue
-        sc = load_scenario(None, [*overrides, f"training.batch_size={b}", "audit.attacks=['dager']",
-                                  f"audit.budget_seconds={args.budget}", "data.max_examples=4000"])
+        sc = load_scenario(
+            None,
+            [
+                *overrides,
+                f"training.batch_size={b}",
+                "audit.attacks=['dager']",
+                f"audit.budget_seconds={args.budget}",
+                "data.max_examples=4000",
+            ],
+        )
         data, public = prepare(sc)
         result = evaluate_attack("dager", sc, data, public, args.batches, seed=0, out=None)
         agg = result["aggregate"]
-        row = {"name": name, "family": family, "dataset": dataset, "B": b, "paper": paper,
-               "batches": args.batches, "budget_s": args.budget, "seconds_first": result["batches"][0]["seconds"],
-               "layer1_gflops": layer1_gflops(result["batches"][0]["diagnostics"]),
-               **{k: agg.get(k) for k in ("rouge1", "rouge2", "exact_match", "token_recall", "seconds_median",
-                                          "peak_mem_mb", "status_counts")}}
+        row = {
+            "name": name,
+            "family": family,
+            "dataset": dataset,
+            "B": b,
+            "paper": paper,
+            "batches": args.batches,
+            "budget_s": args.budget,
+            "seconds_first": result["batches"][0]["seconds"],
+            "layer1_gflops": layer1_gflops(result["batches"][0]["diagnostics"]),
+            **{
+                k: agg.get(k)
+                for k in (
+                    "rouge1",
+                    "rouge2",
+                    "exact_match",
+                    "token_recall",
+                    "seconds_median",
+                    "peak_mem_mb",
+                    "status_counts",
+                )
+            },
+        }
         results["rows"] = [r for r in results["rows"] if r["name"] != name] + [row]
-        print(f"{name}: R-1 {fmt(row['rouge1'])} R-2 {fmt(row['rouge2'])} EM {fmt(row['exact_match'])} "
-              f"{fmt(row['seconds_median'], 2)} s {row['status_counts']} (paper {paper})", flush=True)
+        print(
+            f"{name}: R-1 {fmt(row['rouge1'])} R-2 {fmt(row['rouge2'])} EM {fmt(row['exact_match'])} "
+            f"{fmt(row['seconds_median'], 2)} s {row['status_counts']} (paper {paper})",
+            flush=True,
+        )
         write(results, args.out)
 
 

@@ -39,38 +39,90 @@ THREE_BLOCKS_GPT2 = "model.config={n_layer=3}"
 
 SWEEPS: dict[str, tuple[str, list[str], list[str]]] = {
     "prune": ("simulations/mnist_pruning.toml", ["defenses.prune.fraction=0,0.1,0.2,0.5,0.9"], []),
-    "prune_spear": ("simulations/mnist_mlp_spear.toml", ["defenses.prune.fraction=0,0.1,0.2,0.5,0.9"],
-                    ["federation.clients=2", "federation.rounds=1", "audit.attacks=['spear']"]),
-    "dp": ("simulations/gpt2_dpsgd.toml", ["defenses.dp_sgd.noise_multiplier=0,1e-4,1e-3,1e-2,0.1,1"],
-           [THREE_BLOCKS_GPT2, "federation.clients=1", "federation.rounds=1", "audit.attacks=['dager']"]),
-    "fedavg": ("simulations/gpt2_fedavg_epochs.toml",
-               ["training.local_epochs=1,2,5,10", "training.lr=1e-5,1e-4,5e-4"],
-               [THREE_BLOCKS_GPT2, "federation.clients=1"]),
-    "secagg": ("simulations/bert_secagg.toml", ["federation.secure_aggregation_group=1,2,4,8"],
-               ["audit.attacks=['dager']"]),
+    "prune_spear": (
+        "simulations/mnist_mlp_spear.toml",
+        ["defenses.prune.fraction=0,0.1,0.2,0.5,0.9"],
+        ["federation.clients=2", "federation.rounds=1", "audit.attacks=['spear']"],
+    ),
+    "dp": (
+        "simulations/gpt2_dpsgd.toml",
+        ["defenses.dp_sgd.noise_multiplier=0,1e-4,1e-3,1e-2,0.1,1"],
+        [THREE_BLOCKS_GPT2, "federation.clients=1", "federation.rounds=1", "audit.attacks=['dager']"],
+    ),
+    "fedavg": (
+        "simulations/gpt2_fedavg_epochs.toml",
+        ["training.local_epochs=1,2,5,10", "training.lr=1e-5,1e-4,5e-4"],
+        [THREE_BLOCKS_GPT2, "federation.clients=1"],
+    ),
+    "secagg": (
+        "simulations/bert_secagg.toml",
+        ["federation.secure_aggregation_group=1,2,4,8"],
+        ["audit.attacks=['dager']"],
+    ),
 }
 
 TITLES = {
     "dp": "DAGER vs DP-SGD (GPT-2 width 768, 3 blocks, CoLA, B = 8, clip 1.0, one client, one round)",
     "fedavg": "DAGER vs FedAvg local epochs and learning rate (GPT-2 width 768, 3 blocks, float64, B = 8, "
-              "mini-batches of 2, one client, one round)",
+    "mini-batches of 2, one client, one round)",
     "prune": "DLG / iDLG / IG / labels vs gradient pruning (MNIST, sigmoid LeNet, uniform init, b = 1, 2 clients, "
-             "one round)",
+    "one round)",
     "prune_spear": "SPEAR vs gradient pruning (MNIST, MLP 784-1000-10, b = 8, 2 clients, one round)",
     "secagg": "DAGER vs secure-aggregation group size K (MiniLM-L6, CoLA, 8 clients x B = 4, one round)",
 }
 
 COLUMNS = {
-    "dp": ["defenses.dp_sgd.noise_multiplier", "epsilon", "statuses", "rouge1", "rouge2", "exact_match",
-           "accuracy", "attack_seconds"],
-    "fedavg": ["training.local_epochs", "training.lr", "statuses", "rouge1", "rouge2", "exact_match", "accuracy",
-               "attack_seconds"],
-    "prune": ["defenses.prune.fraction", "attack", "statuses", "psnr", "ssim", "exact_fraction", "label_accuracy",
-              "accuracy", "attack_seconds"],
-    "prune_spear": ["defenses.prune.fraction", "statuses", "psnr", "ssim", "exact_fraction", "accuracy",
-                    "attack_seconds"],
-    "secagg": ["federation.secure_aggregation_group", "audits", "statuses", "rouge1", "rouge2", "exact_match",
-               "token_recall", "accuracy", "attack_seconds"],
+    "dp": [
+        "defenses.dp_sgd.noise_multiplier",
+        "epsilon",
+        "statuses",
+        "rouge1",
+        "rouge2",
+        "exact_match",
+        "accuracy",
+        "attack_seconds",
+    ],
+    "fedavg": [
+        "training.local_epochs",
+        "training.lr",
+        "statuses",
+        "rouge1",
+        "rouge2",
+        "exact_match",
+        "accuracy",
+        "attack_seconds",
+    ],
+    "prune": [
+        "defenses.prune.fraction",
+        "attack",
+        "statuses",
+        "psnr",
+        "ssim",
+        "exact_fraction",
+        "label_accuracy",
+        "accuracy",
+        "attack_seconds",
+    ],
+    "prune_spear": [
+        "defenses.prune.fraction",
+        "statuses",
+        "psnr",
+        "ssim",
+        "exact_fraction",
+        "accuracy",
+        "attack_seconds",
+    ],
+    "secagg": [
+        "federation.secure_aggregation_group",
+        "audits",
+        "statuses",
+        "rouge1",
+        "rouge2",
+        "exact_match",
+        "token_recall",
+        "accuracy",
+        "attack_seconds",
+    ],
 }
 
 
@@ -79,8 +131,18 @@ def run_sweep(name: str, resume: bool) -> None:
     target = OUT / name
     if target.exists() and not resume:
         shutil.rmtree(target)
-    cmd = [sys.executable, "-m", "fedaudit.cli", "sweep", scenario, *(a for g in grid for a in ("--grid", g)),
-           *(a for s in sets for a in ("--set", s)), "--out", str(target), *(["--resume"] if resume and target.is_dir() else [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedaudit.cli",
+        "sweep",
+        scenario,
+        *(a for g in grid for a in ("--grid", g)),
+        *(a for s in sets for a in ("--set", s)),
+        "--out",
+        str(target),
+        *(["--resume"] if resume and target.is_dir() else []),
+    ]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO, check=True)
 
@@ -94,15 +156,23 @@ def _fmt(value: str) -> str:
         return value
     if number != number or number in (float("inf"), float("-inf")):
         return value
-    return f"{number:.3g}" if abs(number) >= 1e3 or (number and abs(number) < 1e-2) else f"{number:.3f}".rstrip("0").rstrip(".") or "0"
+    return (
+        f"{number:.3g}"
+        if abs(number) >= 1e3 or (number and abs(number) < 1e-2)
+        else f"{number:.3f}".rstrip("0").rstrip(".") or "0"
+    )
 
 
 def collect() -> Path:
-    lines = [f"# Defenses: leakage vs utility vs privacy budget ({device_name()})", "",
-             "Each table is one `fedaudit sweep` (commands in `benchmarks/defenses.py`); every cell is a full "
-             "`fedaudit run`. Leakage is averaged over the audited updates of the cell; accuracy is the global "
-             "model's held-out accuracy after the last round; epsilon is the largest any client reported "
-             "(Opacus accountant, delta = 1e-5). Plots: `defenses/<sweep>/sweep.png`.", ""]
+    lines = [
+        f"# Defenses: leakage vs utility vs privacy budget ({device_name()})",
+        "",
+        "Each table is one `fedaudit sweep` (commands in `benchmarks/defenses.py`); every cell is a full "
+        "`fedaudit run`. Leakage is averaged over the audited updates of the cell; accuracy is the global "
+        "model's held-out accuracy after the last round; epsilon is the largest any client reported "
+        "(Opacus accountant, delta = 1e-5). Plots: `defenses/<sweep>/sweep.png`.",
+        "",
+    ]
     for name in SWEEPS:
         path = OUT / name / "sweep.csv"
         if not path.is_file():
@@ -111,10 +181,18 @@ def collect() -> Path:
             rows = list(csv.DictReader(fh))
         scenario, grid, sets = SWEEPS[name]
         columns = COLUMNS[name]
-        lines += [f"## {TITLES[name]}", "",
-                  f"`fedaudit sweep {scenario} " + " ".join(f"--grid {g}" for g in grid) + " "
-                  + " ".join(f'--set "{s}"' for s in sets) + "`", "",
-                  "| " + " | ".join(c.rsplit(".", 1)[-1] for c in columns) + " |", "|" + "---|" * len(columns)]
+        lines += [
+            f"## {TITLES[name]}",
+            "",
+            f"`fedaudit sweep {scenario} "
+            + " ".join(f"--grid {g}" for g in grid)
+            + " "
+            + " ".join(f'--set "{s}"' for s in sets)
+            + "`",
+            "",
+            "| " + " | ".join(c.rsplit(".", 1)[-1] for c in columns) + " |",
+            "|" + "---|" * len(columns),
+        ]
         for row in rows:
             lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
         expected = math.prod(len(values) for values in parse_grid(grid).values())

@@ -32,35 +32,61 @@ DATA = ROOT.parent / "shared" / "data"
 SOURCES = {"digits": "digits", "cifar10": str(DATA / "images" / "cifar10" / "test_2000.npz")}
 COLA = str(DATA / "text" / "cola" / "in_domain_train.tsv")
 #: Each attack's options in every row (its ``audit.<name>`` table); the seconds come from --budget.
-STEPS = {"dlg": "{steps=300}", "idlg": "{steps=300}", "ig": "{steps=2000, restarts=1}", "tag": "{steps=2000}",
-         "dager": None}
+STEPS = {
+    "dlg": "{steps=300}",
+    "idlg": "{steps=300}",
+    "ig": "{steps=2000, restarts=1}",
+    "tag": "{steps=2000}",
+    "dager": None,
+}
 TEXT_SECONDS = 90.0
 """Seconds per text update (TAG on GPT-2 small takes about 0.7 s per step on one CPU thread)."""
 #: The DAGER paper's GPT-2 CoLA B = 1 ROUGE-1 for each text attack, as the issue quotes it.
 PAPER_R1 = {"tag": 0.07, "dager": 1.0}
 ALL = ("dlg", "idlg", "ig")
 #: (data, init, b, attacks): DLG's own model (uniform init) for CIFAR-10, torch's init beside it.
-IMAGE_GROUPS = [("digits", "default", 1, ALL), ("digits", "default", 4, ALL), ("cifar10", "uniform", 1, ALL),
-                ("cifar10", "default", 1, ("dlg", "ig")), ("cifar10", "uniform", 2, ("dlg", "ig"))]
+IMAGE_GROUPS = [
+    ("digits", "default", 1, ALL),
+    ("digits", "default", 4, ALL),
+    ("cifar10", "uniform", 1, ALL),
+    ("cifar10", "default", 1, ("dlg", "ig")),
+    ("cifar10", "uniform", 2, ("dlg", "ig")),
+]
 
 
 def rows() -> list[tuple[str, str, str, int, str]]:
     """(row name, data, init, b, attack)."""
-    out = [(f"{data}-{init}-b{b}-{attack}", data, init, b, attack) for data, init, b, attacks in IMAGE_GROUPS
-           for attack in attacks]
+    out = [
+        (f"{data}-{init}-b{b}-{attack}", data, init, b, attack)
+        for data, init, b, attacks in IMAGE_GROUPS
+        for attack in attacks
+    ]
     return out + [(f"gpt2-cola-b1-{attack}", "cola", "random", 1, attack) for attack in ("dager", "tag")]
 
 
 def overrides(data: str, init: str, b: int, attack: str, budget: float) -> list[str]:
-    common = [f"training.batch_size={b}", "training.mode=fedsgd", f"audit.attacks=['{attack}']",
-              f"audit.budget_seconds={budget}"]
+    common = [
+        f"training.batch_size={b}",
+        "training.mode=fedsgd",
+        f"audit.attacks=['{attack}']",
+        f"audit.budget_seconds={budget}",
+    ]
     if STEPS[attack] is not None:
         common.append(f"audit.{attack}={STEPS[attack]}")
     if data == "cola":
-        return ["model.name=gpt2-random", "model.config={n_layer=12, n_embd=768, n_head=12}", f"data.source={COLA}",
-                "data.max_examples=2000", *common]
-    return ["model.name=cnn", f"model.config={{activation='sigmoid', init='{init}'}}",
-            f"data.source={SOURCES[data]}", *common]
+        return [
+            "model.name=gpt2-random",
+            "model.config={n_layer=12, n_embd=768, n_head=12}",
+            f"data.source={COLA}",
+            "data.max_examples=2000",
+            *common,
+        ]
+    return [
+        "model.name=cnn",
+        f"model.config={{activation='sigmoid', init='{init}'}}",
+        f"data.source={SOURCES[data]}",
+        *common,
+    ]
 
 
 def write(results: dict, path: Path) -> None:
@@ -68,34 +94,47 @@ def write(results: dict, path: Path) -> None:
 
 
 def markdown(results: dict) -> list[str]:
-    lines = [f"# Optimization attacks ({results['device']})", "",
-             "FedSGD. Images: DLG's sigmoid LeNet (3 convolutions, 12 channels, linear head), torch's default "
-             "initialization or DLG's U(-0.5, 0.5) (`init`); every attack of a group sees the same batches. "
-             "PSNR in dB (capped at 100 for identical images), averaged over the batches, with the share of batches "
-             "at >= 30 dB. Steps: L-BFGS steps of up to 20 iterations (DLG, iDLG) or Adam steps over all "
-             "restarts (IG, TAG), median per batch; budget = the option table and the seconds per batch.", "",
-             "| data | init | b | attack | batches | PSNR | >= 30 dB | SSIM | label acc. | s median | steps | "
-             "budget | status |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Optimization attacks ({results['device']})",
+        "",
+        "FedSGD. Images: DLG's sigmoid LeNet (3 convolutions, 12 channels, linear head), torch's default "
+        "initialization or DLG's U(-0.5, 0.5) (`init`); every attack of a group sees the same batches. "
+        "PSNR in dB (capped at 100 for identical images), averaged over the batches, with the share of batches "
+        "at >= 30 dB. Steps: L-BFGS steps of up to 20 iterations (DLG, iDLG) or Adam steps over all "
+        "restarts (IG, TAG), median per batch; budget = the option table and the seconds per batch.",
+        "",
+        "| data | init | b | attack | batches | PSNR | >= 30 dB | SSIM | label acc. | s median | steps | "
+        "budget | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     text = []
     for r in results["rows"]:
         if r["data"] == "cola":
             text.append(r)
             continue
-        lines.append(f"| {r['data']} | {r['init']} | {r['b']} | {r['attack']} | {r['batches']} | {fmt(r['psnr'], 1)} | "
-                     f"{fmt(r['psnr_30'], 2)} | {fmt(r['ssim'])} | {fmt(r['label_accuracy'], 2)} | "
-                     f"{fmt(r['seconds_median'], 1)} | {fmt(r['steps_median'], 0)} | {r['options']}, "
-                     f"{r['budget_s']:g} s | {r['status_counts']} |")
+        lines.append(
+            f"| {r['data']} | {r['init']} | {r['b']} | {r['attack']} | {r['batches']} | {fmt(r['psnr'], 1)} | "
+            f"{fmt(r['psnr_30'], 2)} | {fmt(r['ssim'])} | {fmt(r['label_accuracy'], 2)} | "
+            f"{fmt(r['seconds_median'], 1)} | {fmt(r['steps_median'], 0)} | {r['options']}, "
+            f"{r['budget_s']:g} s | {r['status_counts']} |"
+        )
     if text:
-        lines += ["", "Text: GPT-2 (random init, 124M, real tokenizer), CoLA, B = 1, the same batches for both attacks. "
-                  "Paper: the DAGER paper's GPT-2 CoLA B = 1 figure as issue 4 quotes it (pretrained GPT-2 there).", "",
-                  "| attack | batches | R-1 | R-2 | exact match | label acc. | s median | steps | budget | status | "
-                  "paper R-1 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Text: GPT-2 (random init, 124M, real tokenizer), CoLA, B = 1, the same batches for both attacks. "
+            "Paper: the DAGER paper's GPT-2 CoLA B = 1 figure as issue 4 quotes it (pretrained GPT-2 there).",
+            "",
+            "| attack | batches | R-1 | R-2 | exact match | label acc. | s median | steps | budget | status | "
+            "paper R-1 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in text:
-            lines.append(f"| {r['attack']} | {r['batches']} | {fmt(r['rouge1'])} | {fmt(r['rouge2'])} | "
-                         f"{fmt(r['exact_match'])} | {fmt(r['label_accuracy'], 2)} | {fmt(r['seconds_median'], 1)} | "
-                         f"{fmt(r['steps_median'], 0)} | {r['options'] or '-'}, {r['budget_s']:g} s | "
-                         f"{r['status_counts']} | {fmt(PAPER_R1.get(r['attack']), 2)} |")
+            lines.append(
+                f"| {r['attack']} | {r['batches']} | {fmt(r['rouge1'])} | {fmt(r['rouge2'])} | "
+                f"{fmt(r['exact_match'])} | {fmt(r['label_accuracy'], 2)} | {fmt(r['seconds_median'], 1)} | "
+                f"{fmt(r['steps_median'], 0)} | {r['options'] or '-'}, {r['budget_s']:g} s | "
+                f"{r['status_counts']} | {fmt(PAPER_R1.get(r['attack']), 2)} |"
+            )
     return lines
 
 
@@ -113,16 +152,39 @@ def main() -> None:
         batches, agg = result["batches"], result["aggregate"]
         steps = [r["diagnostics"]["steps"] for r in batches if "steps" in r["diagnostics"]]
         psnrs = [r["metrics"]["psnr"] for r in batches if "psnr" in r["metrics"]]
-        row = {"name": name, "data": data, "init": init, "b": b, "attack": attack, "batches": args.batches,
-               "budget_s": budget, "options": STEPS[attack],
-               "steps_median": statistics.median(steps) if steps else None,
-               "psnr_30": sum(p >= 30 for p in psnrs) / len(batches) if psnrs else None,
-               **{k: agg.get(k) for k in ("psnr", "ssim", "label_accuracy", "rouge1", "rouge2", "exact_match",
-                                          "seconds_median", "peak_mem_mb", "status_counts")}}
+        row = {
+            "name": name,
+            "data": data,
+            "init": init,
+            "b": b,
+            "attack": attack,
+            "batches": args.batches,
+            "budget_s": budget,
+            "options": STEPS[attack],
+            "steps_median": statistics.median(steps) if steps else None,
+            "psnr_30": sum(p >= 30 for p in psnrs) / len(batches) if psnrs else None,
+            **{
+                k: agg.get(k)
+                for k in (
+                    "psnr",
+                    "ssim",
+                    "label_accuracy",
+                    "rouge1",
+                    "rouge2",
+                    "exact_match",
+                    "seconds_median",
+                    "peak_mem_mb",
+                    "status_counts",
+                )
+            },
+        }
         results["rows"] = [r for r in results["rows"] if r["name"] != name] + [row]
         quality = f"PSNR {fmt(row['psnr'], 1)}" if data != "cola" else f"R-1 {fmt(row['rouge1'])}"
-        print(f"{name}: {quality} labels {fmt(row['label_accuracy'], 2)} {fmt(row['seconds_median'], 1)} s "
-              f"steps {fmt(row['steps_median'], 0)} {row['status_counts']}", flush=True)
+        print(
+            f"{name}: {quality} labels {fmt(row['label_accuracy'], 2)} {fmt(row['seconds_median'], 1)} s "
+            f"steps {fmt(row['steps_median'], 0)} {row['status_counts']}",
+            flush=True,
+        )
         write(results, args.out)
     if not results["rows"]:
         print("no row matched", file=sys.stderr)

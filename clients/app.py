@@ -60,14 +60,17 @@ def client_round(scenario: Scenario, msg: Message, partition_id: int, num_partit
     dp = scenario.defenses.dp_sgd
     if dp is not None and update.privacy is not None:
         metrics.update({"dp-epsilon": epsilon(update.privacy, server_round, dp), "dp-delta": dp.delta})
-    content = RecordDict({
-        "arrays": ArrayRecord.from_torch_state_dict(update.tensors),
-        "metrics": MetricRecord(metrics),
-        "client-info": ConfigRecord({"partition-id": partition_id, "local-steps": update.steps}),
-    })
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord.from_torch_state_dict(update.tensors),
+            "metrics": MetricRecord(metrics),
+            "client-info": ConfigRecord({"partition-id": partition_id, "local-steps": update.steps}),
+        }
+    )
     if scenario.audit.ground_truth:
         content["audit"] = ArrayRecord.from_torch_state_dict(
-            {k: v for k, v in batch.tensors().items() if v is not None})
+            {k: v for k, v in batch.tensors().items() if v is not None}
+        )
     return Message(content, reply_to=msg)
 
 
@@ -127,8 +130,9 @@ def build_client_app(scenario: Scenario | None = None) -> ClientApp:
     @app.train(mods=dp_mods(scenario) if scenario is not None else [_run_config_dp_mods])
     def train(msg: Message, context: Context) -> Message:
         active = scenario or scenario_from_run_config(context.run_config)
-        return client_round(active, msg, int(context.node_config["partition-id"]),
-                            int(context.node_config["num-partitions"]))
+        return client_round(
+            active, msg, int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+        )
 
     return app
 

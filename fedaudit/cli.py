@@ -19,12 +19,20 @@ from fedaudit.scenario import load_scenario
 
 # Offline-friendly Flower defaults (no telemetry, no update check, no per-run `uv sync` that would
 # pull a CUDA torch); a user's own settings win.
-for _key, _value in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_DEDUP_LOGS": "0"}.items():
+for _key, _value in {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_DEDUP_LOGS": "0",
+}.items():
     os.environ.setdefault(_key, _value)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Federated learning with an honest-but-curious auditing server.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Federated learning with an honest-but-curious auditing server.",
+)
 console = Console(highlight=False)
 
 ScenarioArg = Annotated[Optional[Path], typer.Argument(help="Scenario TOML (default: simulations/quickstart.toml).")]
@@ -45,8 +53,11 @@ def _load(path: Path | None, overrides: list[str] | None) -> Scenario:
 
 
 @app.command()
-def run(scenario: ScenarioArg = None, set_: SetOpt = None,
-        verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's own logs.")] = False) -> None:
+def run(
+    scenario: ScenarioArg = None,
+    set_: SetOpt = None,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's own logs.")] = False,
+) -> None:
     """Run a federated simulation in which the server audits every client update."""
     sc = _load(scenario, set_)
     try:
@@ -71,25 +82,32 @@ def run(scenario: ScenarioArg = None, set_: SetOpt = None,
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    console.print(f"Scenario [bold]{sc.name}[/]: {sc.federation.clients} clients x {sc.federation.rounds} rounds, "
-                  f"{sc.model.name} ({sc.training.mode}), attacks: {', '.join(sc.audit.attacks)}")
+    console.print(
+        f"Scenario [bold]{sc.name}[/]: {sc.federation.clients} clients x {sc.federation.rounds} rounds, "
+        f"{sc.model.name} ({sc.training.mode}), attacks: {', '.join(sc.audit.attacks)}"
+    )
     run_simulation(
         server_app=build_server_app(sc, store.path),
         client_app=build_client_app(sc),
         num_supernodes=sc.federation.clients,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"logging_level": logging.INFO if verbose else logging.ERROR,
-                                      "log_to_driver": verbose}},
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose},
+        },
         verbose_logging=verbose,
     )
     report = write_report(store.path)
     records = read_records(store.path)
     rounds_done = rounds_completed(records)
-    console.print(f"Records: {store.records_path} ({len(records)} records, {rounds_done}/{sc.federation.rounds} rounds)")
+    console.print(
+        f"Records: {store.records_path} ({len(records)} records, {rounds_done}/{sc.federation.rounds} rounds)"
+    )
     console.print(f"Report:  {report}")
     if rounds_done < sc.federation.rounds:
-        fail(f"the simulation stopped after {rounds_done} of {sc.federation.rounds} rounds; "
-             f"what finished is in {store.path}")
+        fail(
+            f"the simulation stopped after {rounds_done} of {sc.federation.rounds} rounds; "
+            f"what finished is in {store.path}"
+        )
 
 
 @app.command()
@@ -131,8 +149,13 @@ def attack(
     from fedaudit.report.summary import format_metrics
 
     for row in result["batches"]:
-        table.add_row(str(row["batch"]), row["status"], format_metrics(row["metrics"]), f"{row['seconds']:.3f}",
-                      f"{row['peak_mem_mb']:.1f}")
+        table.add_row(
+            str(row["batch"]),
+            row["status"],
+            format_metrics(row["metrics"]),
+            f"{row['seconds']:.3f}",
+            f"{row['peak_mem_mb']:.1f}",
+        )
     console.print(table)
     agg = result["aggregate"]
     console.print("aggregate: " + format_metrics({k: v for k, v in agg.items() if k not in ("status_counts",)}))
@@ -143,10 +166,16 @@ def attack(
 @app.command()
 def sweep(
     scenario: ScenarioArg = None,
-    grid: Annotated[Optional[list[str]], typer.Option("--grid", help="KEY=V1,V2,... (repeatable; the product runs).")] = None,
+    grid: Annotated[
+        Optional[list[str]], typer.Option("--grid", help="KEY=V1,V2,... (repeatable; the product runs).")
+    ] = None,
     set_: SetOpt = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Cells run side by side (default: one per 4 CPU cores).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Sweep directory (default: <output.dir>/sweep-<time>-<name>).")] = None,
+    workers: Annotated[
+        Optional[int], typer.Option(min=1, help="Cells run side by side (default: one per 4 CPU cores).")
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Sweep directory (default: <output.dir>/sweep-<time>-<name>).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Keep the cells --out already finished; run only the others.")] = False,
 ) -> None:
     """Run a scenario over a grid of settings; write sweep.csv, sweep.md and sweep.png."""
@@ -166,8 +195,10 @@ def sweep(
         from rich.markup import escape
 
         status = f"[magenta]failed: {escape(result.error)}[/]" if result.error else "done"
-        console.print(f"[{done}/{total}] cell {result.cell.index} ({result.cell.label}): {status} "
-                      f"({result.seconds:.0f} s)", markup=True)
+        console.print(
+            f"[{done}/{total}] cell {result.cell.index} ({result.cell.label}): {status} ({result.seconds:.0f} s)",
+            markup=True,
+        )
 
     path = sweeping.sweep(scenario, parsed, set_ or [], workers, out, progress, resume=resume)
     console.print(f"Sweep: {path / 'sweep.md'}, {path / 'sweep.csv'}, {path / 'sweep.png'}")

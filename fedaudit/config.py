@@ -218,8 +218,10 @@ class DefensesConfig(_Section):
     def _order_names_the_transforms(self) -> DefensesConfig:
         configured = [k for k in UPDATE_DEFENSES if getattr(self, k) is not None]
         if sorted(self.order) != sorted(configured):
-            raise ValueError(f"defenses.order = {self.order!r}: must list each configured update defense once "
-                             f"({', '.join(configured) or 'none configured'})")
+            raise ValueError(
+                f"defenses.order = {self.order!r}: must list each configured update defense once "
+                f"({', '.join(configured) or 'none configured'})"
+            )
         return self
 
     def update_transforms(self) -> list[tuple[str, _Section]]:
@@ -250,16 +252,22 @@ class Scenario(_Section):
                 f"({t.batch_size}) in fedavg mode"
             )
         if t.mode == "fedsgd" and t.optimizer != "sgd":
-            raise ValueError(f"training.optimizer = {t.optimizer!r}: only fedavg clients run a local optimizer "
-                             f"(fedsgd clients send the gradient); set training.mode = \"fedavg\"")
+            raise ValueError(
+                f"training.optimizer = {t.optimizer!r}: only fedavg clients run a local optimizer "
+                f'(fedsgd clients send the gradient); set training.mode = "fedavg"'
+            )
         fed, d = self.federation, self.defenses
         if fed.clients % fed.secure_aggregation_group:
-            raise ValueError(f"federation.secure_aggregation_group = {fed.secure_aggregation_group}: must divide "
-                             f"federation.clients ({fed.clients})")
+            raise ValueError(
+                f"federation.secure_aggregation_group = {fed.secure_aggregation_group}: must divide "
+                f"federation.clients ({fed.clients})"
+            )
         for key in ("central_dp", "local_dp"):
             if getattr(d, key) is not None and t.mode == "fedsgd":
-                raise ValueError(f"defenses.{key}: Flower's DP clips the weight difference a client sends, "
-                                 f"so it needs training.mode = \"fedavg\"")
+                raise ValueError(
+                    f"defenses.{key}: Flower's DP clips the weight difference a client sends, "
+                    f'so it needs training.mode = "fedavg"'
+                )
         return self
 
     def to_toml(self) -> str:
@@ -286,8 +294,9 @@ def _section_model(loc: tuple) -> type[BaseModel] | None:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
         # an optional section (``X | None``) is the section X
-        annotation = next((a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)),
-                          annotation)
+        annotation = next(
+            (a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)), annotation
+        )
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation

@@ -130,8 +130,9 @@ def _cell_overrides(cell: Cell, overrides: list[str], sweep_dir: Path) -> list[s
     return [*overrides, *cell.overrides, f"output.dir={_toml_value(str(sweep_dir / f'cell-{cell.index:02d}'))}"]
 
 
-def finished_cell(cell: Cell, scenario_path: Path | None, overrides: list[str], sweep_dir: Path,
-                  seconds: dict[int, float]) -> CellResult | None:
+def finished_cell(
+    cell: Cell, scenario_path: Path | None, overrides: list[str], sweep_dir: Path, seconds: dict[int, float]
+) -> CellResult | None:
     """An earlier run of this cell in ``sweep_dir`` that used the same resolved scenario and recorded
     every round, or None. ``seconds``: cell times from the earlier sweep.csv."""
     cell_dir = sweep_dir / f"cell-{cell.index:02d}"
@@ -154,15 +155,24 @@ def _earlier_seconds(sweep_dir: Path) -> dict[int, float]:
     if not path.is_file():
         return {}
     with path.open(encoding="utf-8") as fh:
-        return {int(row["cell"]): float(row["cell_seconds"]) for row in csv.DictReader(fh)
-                if row.get("cell", "").isdigit() and row.get("cell_seconds")}
+        return {
+            int(row["cell"]): float(row["cell_seconds"])
+            for row in csv.DictReader(fh)
+            if row.get("cell", "").isdigit() and row.get("cell_seconds")
+        }
 
 
 def run_cell(cell: Cell, scenario_path: Path | None, overrides: list[str], sweep_dir: Path) -> CellResult:
     """``fedaudit run`` for one cell, in a subprocess; its run directory and records."""
     cell_dir = sweep_dir / f"cell-{cell.index:02d}"
-    cmd = [sys.executable, "-m", "fedaudit.cli", "run", *([str(scenario_path)] if scenario_path else []),
-           *(arg for o in _cell_overrides(cell, overrides, sweep_dir) for arg in ("--set", o))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedaudit.cli",
+        "run",
+        *([str(scenario_path)] if scenario_path else []),
+        *(arg for o in _cell_overrides(cell, overrides, sweep_dir) for arg in ("--set", o)),
+    ]
     log_path = sweep_dir / f"cell-{cell.index:02d}.log"
     start = time.perf_counter()
     with log_path.open("w", encoding="utf-8") as log:
@@ -192,14 +202,29 @@ def summarize_cell(records: list[Record]) -> list[dict[str, Any]]:
     common = {"rounds": rounds, "accuracy": final.get("accuracy"), "loss": final.get("loss")}
     rows = []
     for summary in summarize(records):
-        rows.append({"attack": summary.attack, "audits": summary.audits,
-                     "statuses": " ".join(f"{k}:{v}" for k, v in summary.statuses.items()),
-                     **summary.metrics, **common, "epsilon": max(epsilons) if epsilons else None,
-                     "delta": max(deltas) if deltas else None,
-                     "attack_seconds": summary.seconds_mean, "client_errors": errors})
+        rows.append(
+            {
+                "attack": summary.attack,
+                "audits": summary.audits,
+                "statuses": " ".join(f"{k}:{v}" for k, v in summary.statuses.items()),
+                **summary.metrics,
+                **common,
+                "epsilon": max(epsilons) if epsilons else None,
+                "delta": max(deltas) if deltas else None,
+                "attack_seconds": summary.seconds_mean,
+                "client_errors": errors,
+            }
+        )
     if not rows:
-        rows.append({"attack": "", "audits": 0, "statuses": f"client errors: {errors}" if errors else "no audits",
-                     **common, "client_errors": errors})
+        rows.append(
+            {
+                "attack": "",
+                "audits": 0,
+                "statuses": f"client errors: {errors}" if errors else "no audits",
+                **common,
+                "client_errors": errors,
+            }
+        )
     return rows
 
 
@@ -213,8 +238,9 @@ def table_rows(results: list[CellResult], grid: dict[str, list[Any]]) -> list[di
         base = {"cell": result.cell.index, **result.cell.settings}
         seconds = None if result.seconds is None else round(result.seconds, 1)
         for row in result.rows or [{"attack": "", "statuses": "no run directory"}]:
-            out.append({**base, **row, "cell_seconds": seconds, "error": result.error,
-                        "run_dir": str(result.run_dir or "")})
+            out.append(
+                {**base, **row, "cell_seconds": seconds, "error": result.error, "run_dir": str(result.run_dir or "")}
+            )
     return out
 
 
@@ -241,10 +267,32 @@ def _fmt(value: Any) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], grid: dict[str, list[Any]], title: str) -> str:
-    metric_keys = [k for k in ("rouge1", "rouge2", "exact_match", "token_recall", "psnr", "ssim", "exact_fraction",
-                               "feature_accuracy", "label_accuracy") if any(k in r for r in rows)]
-    columns = [*grid, "attack", "statuses", *metric_keys, "accuracy", "epsilon", "attack_seconds", "cell_seconds",
-               "error"]
+    metric_keys = [
+        k
+        for k in (
+            "rouge1",
+            "rouge2",
+            "exact_match",
+            "token_recall",
+            "psnr",
+            "ssim",
+            "exact_fraction",
+            "feature_accuracy",
+            "label_accuracy",
+        )
+        if any(k in r for r in rows)
+    ]
+    columns = [
+        *grid,
+        "attack",
+        "statuses",
+        *metric_keys,
+        "accuracy",
+        "epsilon",
+        "attack_seconds",
+        "cell_seconds",
+        "error",
+    ]
     lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
@@ -261,7 +309,9 @@ def plot(rows: list[dict[str, Any]], grid: dict[str, list[Any]], path: Path, tit
     with_eps = [r for r in scored if isinstance(r.get("epsilon"), (int, float)) and math.isfinite(r["epsilon"])]
     panels = 2 if with_eps else 1
     fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5), squeeze=False)
-    for ax, x_key, subset in [(axes[0][0], "accuracy", scored)] + ([(axes[0][1], "epsilon", with_eps)] if with_eps else []):
+    for ax, x_key, subset in [(axes[0][0], "accuracy", scored)] + (
+        [(axes[0][1], "epsilon", with_eps)] if with_eps else []
+    ):
         for attack in dict.fromkeys(r["attack"] for r in subset):
             mine = [r for r in subset if r["attack"] == attack and isinstance(r.get(x_key), (int, float))]
             if not mine:
@@ -269,8 +319,13 @@ def plot(rows: list[dict[str, Any]], grid: dict[str, list[Any]], path: Path, tit
             metric = headline(mine[0])
             ax.scatter([r[x_key] for r in mine], [r.get(metric, math.nan) for r in mine], label=f"{attack} ({metric})")
             for r in mine:
-                ax.annotate(", ".join(str(r[k]) for k in grid), (r[x_key], r.get(metric, math.nan)), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")
+                ax.annotate(
+                    ", ".join(str(r[k]) for k in grid),
+                    (r[x_key], r.get(metric, math.nan)),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
         ax.set_xlabel("final global accuracy" if x_key == "accuracy" else "epsilon (largest reported)")
         if x_key == "epsilon":
             ax.set_xscale("log")
@@ -284,9 +339,15 @@ def plot(rows: list[dict[str, Any]], grid: dict[str, list[Any]], path: Path, tit
     plt.close(fig)
 
 
-def sweep(scenario_path: Path | None, grid: dict[str, list[Any]], overrides: list[str], workers: int,
-          out_dir: Path | None = None, progress: Callable[[CellResult, int, int], None] | None = None,
-          resume: bool = False) -> Path:
+def sweep(
+    scenario_path: Path | None,
+    grid: dict[str, list[Any]],
+    overrides: list[str],
+    workers: int,
+    out_dir: Path | None = None,
+    progress: Callable[[CellResult, int, int], None] | None = None,
+    resume: bool = False,
+) -> Path:
     """Run every cell (``workers`` at a time; with ``resume``, only those ``out_dir`` has not
     finished); returns the sweep directory."""
     cells = plan(scenario_path, grid, overrides)

@@ -47,8 +47,7 @@ def run_audited_federation(grid: Grid, scenario: Scenario, store: RunStore) -> N
         return MetricRecord(metrics)
 
     clients = scenario.federation.clients
-    inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients,
-                   min_available_nodes=clients)
+    inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients, min_available_nodes=clients)
     auditor = Auditor.for_scenario(scenario.audit, sink=sink)
     strategy = with_central_dp(AuditingStrategy(inner, auditor, scenario, public_model, sink=sink), scenario)
     t = scenario.training
@@ -56,8 +55,15 @@ def run_audited_federation(grid: Grid, scenario: Scenario, store: RunStore) -> N
         grid=grid,
         initial_arrays=ArrayRecord.from_torch_state_dict(public_model.trainable_state()),
         num_rounds=scenario.federation.rounds,
-        train_config=ConfigRecord({"mode": t.mode, "lr": t.lr, "local-epochs": t.local_epochs,
-                                   "batch-size": t.batch_size, "mini-batch-size": t.mini_batch_size}),
+        train_config=ConfigRecord(
+            {
+                "mode": t.mode,
+                "lr": t.lr,
+                "local-epochs": t.local_epochs,
+                "batch-size": t.batch_size,
+                "mini-batch-size": t.mini_batch_size,
+            }
+        ),
         evaluate_fn=evaluate_global,
     )
     write_report(store.path)

@@ -46,22 +46,35 @@ class GroundTruthAround(Strategy):
         self.inside = _Reattach(self)
         self.wrapper = wrap(self.inside)
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.wrapper.configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Record failed replies, hold every ``audit`` record aside, and let the DP wrapper clip
+        (and later noise) what remains.
+
+        Returns:
+            The wrapper's aggregate: noised weights and the inner strategy's metrics, or
+            (None, None) when the wrapper skips the round (a client failed).
+        """
         replies = list(replies)
         if any(msg.has_error() for msg in replies):
             for msg in replies:
                 self.inner.record_failure(server_round, msg)
-        self.held = {id(msg): msg.content.array_records.pop("audit") for msg in replies
-                     if not msg.has_error() and "audit" in msg.content.array_records}
+        self.held = {
+            id(msg): msg.content.array_records.pop("audit")
+            for msg in replies
+            if not msg.has_error() and "audit" in msg.content.array_records
+        }
         return self.wrapper.aggregate_train(server_round, replies)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.wrapper.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -77,12 +90,16 @@ class _Reattach(Strategy):
     def __init__(self, around: GroundTruthAround) -> None:
         self.around = around
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.around.inner.configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The clipped replies from the wrapper, with their ``audit`` records put back, to the
+        AuditingStrategy; returns its aggregate (the wrapper then adds the noise)."""
         replies = list(replies)
         for msg in replies:
             held = self.around.held.pop(id(msg), None)
@@ -90,8 +107,9 @@ class _Reattach(Strategy):
                 msg.content["audit"] = held
         return self.around.inner.aggregate_train(server_round, replies)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.around.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -106,7 +124,11 @@ def with_central_dp(strategy: AuditingStrategy, scenario: Scenario) -> Strategy:
     cdp = scenario.defenses.central_dp
     if cdp is None:
         return strategy
-    wrapper = (DifferentialPrivacyClientSideFixedClipping if cdp.clipping == "client"
-               else DifferentialPrivacyServerSideFixedClipping)
-    return GroundTruthAround(strategy, lambda inside: wrapper(
-        inside, cdp.noise_multiplier, cdp.clipping_norm, scenario.federation.clients))
+    wrapper = (
+        DifferentialPrivacyClientSideFixedClipping
+        if cdp.clipping == "client"
+        else DifferentialPrivacyServerSideFixedClipping
+    )
+    return GroundTruthAround(
+        strategy, lambda inside: wrapper(inside, cdp.noise_multiplier, cdp.clipping_norm, scenario.federation.clients)
+    )

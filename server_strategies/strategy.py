@@ -68,8 +68,14 @@ class AuditingStrategy(Strategy):
         sink: receives every record this strategy produces itself (client errors).
     """
 
-    def __init__(self, inner: Strategy, auditor: Auditor, scenario: Scenario, public_model: ModelBundle,
-                 sink: Callable[[Record], None] | None = None) -> None:
+    def __init__(
+        self,
+        inner: Strategy,
+        auditor: Auditor,
+        scenario: Scenario,
+        public_model: ModelBundle,
+        sink: Callable[[Record], None] | None = None,
+    ) -> None:
         self.inner = inner
         self.auditor = auditor
         self.scenario = scenario
@@ -78,8 +84,9 @@ class AuditingStrategy(Strategy):
         self._global: dict[int, dict[str, torch.Tensor]] = {}
 
     # -- training -------------------------------------------------------------------------
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Keep the global weights W_t of ``server_round`` (``arrays``), then delegate.
 
         Returns:
@@ -88,8 +95,9 @@ class AuditingStrategy(Strategy):
         self._global = {server_round: arrays.to_torch_state_dict()}
         return self.inner.configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Record failed replies, merge secure-aggregation groups, audit each good reply, strip
         the audit payload and let ``inner`` aggregate.
 
@@ -115,7 +123,8 @@ class AuditingStrategy(Strategy):
             grads = arrays.to_torch_state_dict()
             lr = self.scenario.training.lr
             arrays = ArrayRecord.from_torch_state_dict(
-                {k: w - lr * grads[k].to(w.dtype) for k, w in global_weights.items()})
+                {k: w - lr * grads[k].to(w.dtype) for k, w in global_weights.items()}
+            )
         return arrays, metrics
 
     def record_failure(self, server_round: int, msg: Message) -> bool:
@@ -135,25 +144,30 @@ class AuditingStrategy(Strategy):
         for members in groups.values():
             counts = [_num_examples(m) for m in members]
             head = members[0].content
-            head["arrays"] = ArrayRecord.from_torch_state_dict(federation.secure_sum(
-                [m.content["arrays"].to_torch_state_dict() for m in members], counts))
+            head["arrays"] = ArrayRecord.from_torch_state_dict(
+                federation.secure_sum([m.content["arrays"].to_torch_state_dict() for m in members], counts)
+            )
             metrics = {"num-examples": sum(counts)}
-            metrics.update({k: max(float(_metrics(m)[k]) for m in members)
-                            for k in PRIVACY_METRICS if k in _metrics(members[0])})
+            metrics.update(
+                {k: max(float(_metrics(m)[k]) for m in members) for k in PRIVACY_METRICS if k in _metrics(members[0])}
+            )
             head["metrics"] = MetricRecord(metrics)
-            head["client-info"] = ConfigRecord({"partition-id": "+".join(str(_partition_id(m)) for m in members),
-                                                "group-size": len(members)})
+            head["client-info"] = ConfigRecord(
+                {"partition-id": "+".join(str(_partition_id(m)) for m in members), "group-size": len(members)}
+            )
             if all("audit" in m.content.array_records for m in members):
                 truth = federation.union_truth([_truth(m) for m in members])
                 head["audit"] = ArrayRecord.from_torch_state_dict(
-                    {k: v for k, v in vars(truth).items() if v is not None})
+                    {k: v for k, v in vars(truth).items() if v is not None}
+                )
             else:
                 head.array_records.pop("audit", None)
             merged.append(members[0])
         return merged
 
-    def audit_reply(self, server_round: int, msg: Message,
-                    global_weights: dict[str, torch.Tensor]) -> list[AttackRecord]:
+    def audit_reply(
+        self, server_round: int, msg: Message, global_weights: dict[str, torch.Tensor]
+    ) -> list[AttackRecord]:
         """The server's Observation of one reply (and its GroundTruth, when the client sent one),
         through every attack; returns the records (the auditor has already sunk them)."""
         content = msg.content
@@ -162,9 +176,17 @@ class AuditingStrategy(Strategy):
         group_size = int(info["group-size"]) if info is not None and "group-size" in info else 1
         metrics = _metrics(msg)
         privacy = {k.removeprefix("dp-"): float(metrics[k]) for k in PRIVACY_METRICS if k in metrics}
-        observation = federation.observe(self.scenario, server_round, client, self.public_model, global_weights,
-                                         content["arrays"].to_torch_state_dict(), _num_examples(msg),
-                                         group_size=group_size, privacy=privacy)
+        observation = federation.observe(
+            self.scenario,
+            server_round,
+            client,
+            self.public_model,
+            global_weights,
+            content["arrays"].to_torch_state_dict(),
+            _num_examples(msg),
+            group_size=group_size,
+            privacy=privacy,
+        )
         truth = _truth(msg) if "audit" in content.array_records else None
         return self.auditor.audit(observation, truth)
 
@@ -173,8 +195,9 @@ class AuditingStrategy(Strategy):
             self.sink(record)
 
     # -- evaluation: delegated unchanged ---------------------------------------------------
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

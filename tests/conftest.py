@@ -22,8 +22,10 @@ def data_dir() -> Path:
 #: A GPT-2-architecture classifier small enough for unit tests (the real GPT-2 tokenizer).
 TINY_GPT2 = ["model.name=gpt2-random", "model.config={n_layer=1, n_embd=64, n_head=2}"]
 #: A BERT-architecture classifier (head with a bias) over the MiniLM WordPiece vocabulary.
-TINY_BERT = ["model.name=bert-random",
-             "model.config={num_hidden_layers=1, hidden_size=64, intermediate_size=128, num_attention_heads=2}"]
+TINY_BERT = [
+    "model.name=bert-random",
+    "model.config={num_hidden_layers=1, hidden_size=64, intermediate_size=128, num_attention_heads=2}",
+]
 
 
 @pytest.fixture(scope="session")

@@ -29,19 +29,40 @@ def test_import_contracts_are_kept() -> None:
 def test_no_import_cycle_between_any_two_modules() -> None:
     # TYPE_CHECKING imports count too: a cycle through annotations is still a cycle in the design.
     graph = grimp.build_graph(*PACKAGES, exclude_type_checking_imports=False)
-    cycles = {tuple(sorted((module, imported))) for module in graph.modules
-              for imported in graph.find_modules_directly_imported_by(module)
-              if graph.find_shortest_chain(importer=imported, imported=module)}
+    cycles = {
+        tuple(sorted((module, imported)))
+        for module in graph.modules
+        for imported in graph.find_modules_directly_imported_by(module)
+        if graph.find_shortest_chain(importer=imported, imported=module)
+    }
     assert not cycles
 
 
-@pytest.mark.parametrize("package", ["fedaudit.config", "fedaudit.models", "fedaudit.attacks.base", "fedaudit.attacks",
-                                     "fedaudit.metrics", "fedaudit.data", "fedaudit.training", "fedaudit.defenses",
-                                     "fedaudit.audit", "fedaudit.report", "fedaudit.federation", "fedaudit.scenario",
-                                     "fedaudit.sweep", "fedaudit.cli", "server_strategies", "clients"])
+@pytest.mark.parametrize(
+    "package",
+    [
+        "fedaudit.config",
+        "fedaudit.models",
+        "fedaudit.attacks.base",
+        "fedaudit.attacks",
+        "fedaudit.metrics",
+        "fedaudit.data",
+        "fedaudit.training",
+        "fedaudit.defenses",
+        "fedaudit.audit",
+        "fedaudit.report",
+        "fedaudit.federation",
+        "fedaudit.scenario",
+        "fedaudit.sweep",
+        "fedaudit.cli",
+        "server_strategies",
+        "clients",
+    ],
+)
 def test_each_package_imports_alone(package: str) -> None:
-    done = subprocess.run([sys.executable, "-c", f"import {package}"], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {package}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 

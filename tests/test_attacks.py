@@ -29,15 +29,21 @@ def test_embedding_rows_exact_on_real_cola_batches(cola_path, model, batch_size)
 
 def test_embedding_rows_recovers_exactly_the_used_token_set(cola_path) -> None:
     sc = scenario(*TINY_GPT2, f"data.source={cola_path}", "training.batch_size=4")
-    (obs, truth), = client_updates(sc, 1, seed=3)
+    ((obs, truth),) = client_updates(sc, 1, seed=3)
     rec = REGISTRY.make("embedding-rows").run(obs, Budget(60))
     used = {t for seq in truth.sequences() for t in seq}
     assert rec.tokens == used
 
 
 def test_embedding_rows_fedavg_float64_is_exact_and_float32_says_why(cola_path) -> None:
-    common = [*TINY_GPT2, f"data.source={cola_path}", "training.mode=fedavg", "training.batch_size=4",
-              "training.mini_batch_size=2", "training.local_epochs=2"]
+    common = [
+        *TINY_GPT2,
+        f"data.source={cola_path}",
+        "training.mode=fedavg",
+        "training.batch_size=4",
+        "training.mini_batch_size=2",
+        "training.local_epochs=2",
+    ]
     exact = _audit("embedding-rows", client_updates(scenario(*common, "model.dtype=float64"), 2))
     assert all(r.status == "exact" and r.metrics["token_recall"] == 1.0 for r in exact)
     f32 = _audit("embedding-rows", client_updates(scenario(*common), 1))
@@ -49,8 +55,9 @@ def test_embedding_rows_not_applicable_when_tied(cola_path) -> None:
     sc = scenario(*TINY_GPT2, f"data.source={cola_path}", "model.task=causal-lm")
     (record,) = _audit("embedding-rows", client_updates(sc, 1))
     assert record.status == "not_applicable" and "tied" in record.reason
-    untied = scenario(*TINY_GPT2, f"data.source={cola_path}", "model.task=causal-lm",
-                      "model.config.tie_word_embeddings=false")
+    untied = scenario(
+        *TINY_GPT2, f"data.source={cola_path}", "model.task=causal-lm", "model.config.tie_word_embeddings=false"
+    )
     (record,) = _audit("embedding-rows", client_updates(untied, 1))
     assert record.status == "partial" and "last token" in record.reason
     assert record.metrics["token_precision"] == 1.0

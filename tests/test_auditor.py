@@ -53,16 +53,26 @@ def update():
 
 def test_failures_become_records_and_later_attacks_still_run(update) -> None:
     sink: list[AttackRecord] = []
-    records = Auditor([Raises(), Overruns(), TooMany(), REGISTRY.make("embedding-rows")], budget_seconds=0.3,
-                      sink=sink.append).audit(*update)
+    records = Auditor(
+        [Raises(), Overruns(), TooMany(), REGISTRY.make("embedding-rows")], budget_seconds=0.3, sink=sink.append
+    ).audit(*update)
     assert [r.status for r in records] == ["error", "timeout", "error", "exact"]
     assert records[0].reason == "RuntimeError: boom"
     assert "budget of 0.3 s" in records[1].reason
     assert "at most one prediction per example" in records[2].reason
     assert sink == records
     for r in records:
-        assert {"round", "client", "attack", "status", "reason", "metrics", "seconds", "peak_mem_mb",
-                "diagnostics"} <= set(to_json(r))
+        assert {
+            "round",
+            "client",
+            "attack",
+            "status",
+            "reason",
+            "metrics",
+            "seconds",
+            "peak_mem_mb",
+            "diagnostics",
+        } <= set(to_json(r))
 
 
 def test_budget_counts_down() -> None:
@@ -75,7 +85,11 @@ def test_budget_counts_down() -> None:
 def test_text_metrics_match_one_to_one() -> None:
     refs = ["the cat sat on the mat", "a dog barked loudly"]
     assert text_metrics(["a dog barked loudly", "the cat sat on the mat"], refs) == {
-        "rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0, "exact_match": 1.0}
+        "rouge1": 1.0,
+        "rouge2": 1.0,
+        "rougeL": 1.0,
+        "exact_match": 1.0,
+    }
     # The same perfect guess twice only earns one reference.
     twice = text_metrics(["the cat sat on the mat", "the cat sat on the mat"], refs)
     assert twice["exact_match"] == 0.5 and twice["rouge1"] < 0.75

@@ -10,8 +10,20 @@ from tests.conftest import TINY_BERT, run_cli
 
 def test_attack_embedding_rows_on_cola_writes_json(tmp_path: Path, cola_path: Path) -> None:
     out = tmp_path / "x.json"
-    proc = run_cli("attack", "embedding-rows", "--scenario", "simulations/quickstart.toml",
-                   "--set", f"data.source={cola_path}", "--batches", "3", "--seed", "1", "--out", str(out))
+    proc = run_cli(
+        "attack",
+        "embedding-rows",
+        "--scenario",
+        "simulations/quickstart.toml",
+        "--set",
+        f"data.source={cola_path}",
+        "--batches",
+        "3",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["attack"] == "embedding-rows"
@@ -29,8 +41,20 @@ def test_attack_embedding_rows_on_cola_writes_json(tmp_path: Path, cola_path: Pa
 def test_attack_labels_same_seed_same_batches(tmp_path: Path, cola_path: Path) -> None:
     outs = []
     for name in ("a.json", "b.json"):
-        args = ["attack", "labels", "--set", f"data.source={cola_path}", "--set", "training.batch_size=1",
-                "--batches", "4", "--seed", "3", "--out", str(tmp_path / name)]
+        args = [
+            "attack",
+            "labels",
+            "--set",
+            f"data.source={cola_path}",
+            "--set",
+            "training.batch_size=1",
+            "--batches",
+            "4",
+            "--seed",
+            "3",
+            "--out",
+            str(tmp_path / name),
+        ]
         for s in TINY_BERT:
             args += ["--set", s]
         proc = run_cli(*args)

@@ -26,8 +26,17 @@ def test_quickstart_loads_and_round_trips() -> None:
 
 
 def test_overrides_reach_nested_keys_and_parse_toml_values() -> None:
-    sc = load_scenario(None, ["training.batch_size=16", "model.config.n_layer=4", "training.lr=5e-4",
-                              "data.source=glue/cola", "audit.attacks=['labels']", "audit.ground_truth=false"])
+    sc = load_scenario(
+        None,
+        [
+            "training.batch_size=16",
+            "model.config.n_layer=4",
+            "training.lr=5e-4",
+            "data.source=glue/cola",
+            "audit.attacks=['labels']",
+            "audit.ground_truth=false",
+        ],
+    )
     assert sc.training.batch_size == 16
     assert sc.model.config["n_layer"] == 4 and sc.model.config["n_embd"] == 256
     assert sc.training.lr == pytest.approx(5e-4)
@@ -42,15 +51,22 @@ def test_a_file_states_only_what_differs(tmp_path: Path) -> None:
     assert sc.name == "mine" and sc.training.batch_size == 2 and sc.federation.clients == 4
 
 
-@pytest.mark.parametrize(("overrides", "expected"), [
-    (["training.batchsize=3"], "unknown key 'training.batchsize'; allowed keys here: mode, batch_size"),
-    (["training.batch_size=0"], "training.batch_size = 0: Input should be greater than or equal to 1"),
-    (["training.mode=sgd"], "training.mode = 'sgd': Input should be 'fedsgd' or 'fedavg'"),
-    (["federation.partition=skewed"], "federation.partition = 'skewed': Input should be 'iid' or 'dirichlet'"),
-    (["audit.attacks=['dager-x']"], "audit.attacks = ['dager-x']: unknown attack 'dager-x'; allowed: dager, dlg, embedding-rows, idlg, ig, labels, spear, tag"),
-    (["nonsense"], "--set 'nonsense': expected KEY=VALUE"),
-    (["training.mode=fedavg", "training.mini_batch_size=16"], "training.mini_batch_size = 16: must be <="),
-])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["training.batchsize=3"], "unknown key 'training.batchsize'; allowed keys here: mode, batch_size"),
+        (["training.batch_size=0"], "training.batch_size = 0: Input should be greater than or equal to 1"),
+        (["training.mode=sgd"], "training.mode = 'sgd': Input should be 'fedsgd' or 'fedavg'"),
+        (["federation.partition=skewed"], "federation.partition = 'skewed': Input should be 'iid' or 'dirichlet'"),
+        (
+            ["audit.attacks=['dager-x']"],
+            "audit.attacks = ['dager-x']: unknown attack 'dager-x'; "
+            "allowed: dager, dlg, embedding-rows, idlg, ig, labels, spear, tag",
+        ),
+        (["nonsense"], "--set 'nonsense': expected KEY=VALUE"),
+        (["training.mode=fedavg", "training.mini_batch_size=16"], "training.mini_batch_size = 16: must be <="),
+    ],
+)
 def test_bad_values_give_one_precise_line(overrides: list[str], expected: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_scenario(None, overrides)
@@ -68,14 +84,17 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         load_scenario(bad)
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["run", "--set", "training.batchsize=3"], "unknown key 'training.batchsize'"),
-    (["run", "--set", "federation.rounds=-1"], "federation.rounds = -1"),
-    (["run", "does/not/exist.toml"], "scenario file not found: does/not/exist.toml"),
-    (["run", "--set", "data.source=/no/such/file.tsv"], "data.source: file not found: /no/such/file.tsv"),
-    (["attack", "no-such-attack"], "unknown attack 'no-such-attack'"),
-    (["report", "/no/such/run"], "not a run directory"),
-])
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", "--set", "training.batchsize=3"], "unknown key 'training.batchsize'"),
+        (["run", "--set", "federation.rounds=-1"], "federation.rounds = -1"),
+        (["run", "does/not/exist.toml"], "scenario file not found: does/not/exist.toml"),
+        (["run", "--set", "data.source=/no/such/file.tsv"], "data.source: file not found: /no/such/file.tsv"),
+        (["attack", "no-such-attack"], "unknown attack 'no-such-attack'"),
+        (["report", "/no/such/run"], "not a run directory"),
+    ],
+)
 def test_cli_errors_are_one_line_and_exit_2(args: list[str], needle: str) -> None:
     proc = run_cli(*args, timeout=120)
     assert proc.returncode == 2, proc.stderr
@@ -84,8 +103,9 @@ def test_cli_errors_are_one_line_and_exit_2(args: list[str], needle: str) -> Non
     assert lines[0].startswith("fedaudit: error: ") and needle in lines[0]
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("simulations/*.toml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).resolve().parent.parent.glob("simulations/*.toml")), ids=lambda p: p.name
+)
 def test_every_ready_scenario_validates(path: Path) -> None:
     sc = load_scenario(path)
     assert sc.name == path.stem

@@ -12,9 +12,16 @@ from tests.helpers import client_updates, scenario
 
 #: FedAvg over two epochs: DAGER forms its candidates at the midpoint weights W_0 + (W_E - W_0) / 2,
 #: the case in which it used to add half the update into the shared model in place.
-FEDAVG_GPT2 = ["model.name=gpt2-random", "model.config={n_layer=3, n_embd=128, n_head=2}", "model.dtype=float64",
-               "training.mode=fedavg", "training.local_epochs=2", "training.batch_size=4",
-               "training.mini_batch_size=2", "training.lr=1e-4"]
+FEDAVG_GPT2 = [
+    "model.name=gpt2-random",
+    "model.config={n_layer=3, n_embd=128, n_head=2}",
+    "model.dtype=float64",
+    "training.mode=fedavg",
+    "training.local_epochs=2",
+    "training.batch_size=4",
+    "training.mini_batch_size=2",
+    "training.lr=1e-4",
+]
 
 
 def _snapshot(tensors) -> dict[str, torch.Tensor]:
@@ -32,7 +39,7 @@ def _outcome(name: str, observation, **options) -> tuple:
 
 
 def test_attacks_in_sequence_match_each_alone_and_leave_the_observation_unchanged(cola_path) -> None:
-    (observation, _), = client_updates(scenario(f"data.source={cola_path}", *FEDAVG_GPT2), 1)
+    ((observation, _),) = client_updates(scenario(f"data.source={cola_path}", *FEDAVG_GPT2), 1)
     weights, update = _snapshot(observation.global_weights), _snapshot(observation.update)
     public = _snapshot(dict(observation.model.model.named_parameters()))
     dtype = observation.model.dtype
@@ -49,7 +56,7 @@ def test_attacks_in_sequence_match_each_alone_and_leave_the_observation_unchange
 
 
 def test_model_at_is_a_private_copy_with_the_weights_asked_for(cola_path) -> None:
-    (observation, _), = client_updates(scenario(f"data.source={cola_path}", *FEDAVG_GPT2), 1)
+    ((observation, _),) = client_updates(scenario(f"data.source={cola_path}", *FEDAVG_GPT2), 1)
     shared = observation.model.model
     copy = observation.model_at({k: w + 1 for k, w in observation.global_weights.items()}, dtype=torch.float32)
     assert copy.model is not shared and copy.dtype == torch.float32 and not copy.model.training

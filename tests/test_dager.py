@@ -15,8 +15,11 @@ from tests.helpers import client_updates, scenario
 
 TINY = {
     "gpt2": ["model.name=gpt2-random", "model.config={n_layer=3, n_embd=128, n_head=2}"],
-    "llama": ["model.name=llama-random", "model.config={num_hidden_layers=3, hidden_size=128, intermediate_size=256, "
-              "num_attention_heads=4, num_key_value_heads=2, head_dim=32}"],
+    "llama": [
+        "model.name=llama-random",
+        "model.config={num_hidden_layers=3, hidden_size=128, intermediate_size=256, "
+        "num_attention_heads=4, num_key_value_heads=2, head_dim=32}",
+    ],
     # The pretrained offline MiniLM-L6 (BERT family): at random init a BERT's layer 2 is nearly a
     # LayerNorm of layer 1, too linear to tell mixed sentences apart (see the README).
     "bert": ["model.name=minilm-l6", "model.config={}"],
@@ -24,8 +27,9 @@ TINY = {
 
 
 def _updates(cola_path, *overrides: str, batches: int = 1, batch_size: int = 4):
-    sc = scenario(f"data.source={cola_path}", f"training.batch_size={batch_size}", "audit.attacks=['dager']",
-                  *overrides)
+    sc = scenario(
+        f"data.source={cola_path}", f"training.batch_size={batch_size}", "audit.attacks=['dager']", *overrides
+    )
     return client_updates(sc, batches)
 
 
@@ -56,10 +60,18 @@ def test_exact_recovery_under_fedavg(cola_path, epochs, lr, batch_size, batches)
     # One attack object for every client, as in a round: each client's midpoint model differs,
     # so layer-1 terms must not carry over from one client to the next.
     attack = Dager(device="cpu")
-    for observation, truth in _updates(cola_path, "model.name=gpt2-random", "model.config={n_layer=3, n_embd=768, n_head=12}",
-                                       "model.dtype=float64", "training.mode=fedavg", f"training.local_epochs={epochs}",
-                                       "training.mini_batch_size=2", f"training.lr={lr}", batch_size=batch_size,
-                                       batches=batches):
+    for observation, truth in _updates(
+        cola_path,
+        "model.name=gpt2-random",
+        "model.config={n_layer=3, n_embd=768, n_head=12}",
+        "model.dtype=float64",
+        "training.mode=fedavg",
+        f"training.local_epochs={epochs}",
+        "training.mini_batch_size=2",
+        f"training.lr={lr}",
+        batch_size=batch_size,
+        batches=batches,
+    ):
         assert observation.protocol.local_steps == epochs * batch_size // 2
         rec = attack.run(observation, Budget(120))
         assert not rec.diagnostics["layer1_terms_reused"]
@@ -88,9 +100,12 @@ def test_adapter_inputs_equal_what_the_model_feeds_its_query_projections(cola_pa
     setup = attack._setup(observation)
     model = setup.model
     seen: dict[int, torch.Tensor] = {}
-    handles = [model.get_submodule(entry.module).register_forward_pre_hook(
-        lambda _m, args, layer=layer: seen.__setitem__(layer, args[0].detach()))
-        for layer, entry in enumerate(observation.model.adapter.attention_inputs)]
+    handles = [
+        model.get_submodule(entry.module).register_forward_pre_hook(
+            lambda _m, args, layer=layer: seen.__setitem__(layer, args[0].detach())
+        )
+        for layer, entry in enumerate(observation.model.adapter.attention_inputs)
+    ]
     ids = truth.input_ids[:1, : int(truth.attention_mask[0].sum())]
     with torch.no_grad():
         model(input_ids=ids, attention_mask=torch.ones_like(ids))
@@ -107,8 +122,9 @@ def test_adapter_inputs_equal_what_the_model_feeds_its_query_projections(cola_pa
 
 
 def test_more_tokens_than_width_is_partial_with_a_reason(cola_path) -> None:
-    observation, _ = _updates(cola_path, "model.name=gpt2-random", "model.config={n_layer=3, n_embd=32, n_head=2}",
-                              batch_size=8)[0]
+    observation, _ = _updates(
+        cola_path, "model.name=gpt2-random", "model.config={n_layer=3, n_embd=32, n_head=2}", batch_size=8
+    )[0]
     rec = _attack(observation)
     assert rec.status == "partial"
     assert "B*n >= d" in rec.reason and rec.diagnostics["rank_layer1"] >= 31  # LayerNorm inputs fill 31 of 32 dims
@@ -120,8 +136,14 @@ def test_an_update_with_nans_is_an_error_with_a_reason(cola_path) -> None:
     name = observation.model.adapter.attention_inputs[0].projections[0].weight
     update[name] = update[name].clone()
     update[name][0, 0] = math.nan
-    broken = Observation(observation.round, observation.client, observation.model, observation.global_weights,
-                         update, observation.protocol)
+    broken = Observation(
+        observation.round,
+        observation.client,
+        observation.model,
+        observation.global_weights,
+        update,
+        observation.protocol,
+    )
     record = Auditor([REGISTRY.make("dager", "cpu")], 60).audit(broken, truth)[0]
     assert record.status == "error"
     assert "NaN" in record.reason
@@ -137,7 +159,9 @@ def test_ranks_under_protocol_noise_count_the_directions_above_the_noise_edge() 
     from fedaudit.attacks.spectral import noise_edge, rank_above_noise
 
     g = torch.Generator().manual_seed(0)
-    signal = torch.randn(300, 5, generator=g, dtype=torch.float64) @ torch.randn(5, 200, generator=g, dtype=torch.float64)
+    signal = torch.randn(300, 5, generator=g, dtype=torch.float64) @ torch.randn(
+        5, 200, generator=g, dtype=torch.float64
+    )
     for std in (1e-6, 1e-2, 1.0):
         noise = std * torch.randn(300, 200, generator=g, dtype=torch.float64)
         edge = noise_edge(std, 300, 200)

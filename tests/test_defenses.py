@@ -94,8 +94,16 @@ def test_defenses_apply_in_the_listed_order() -> None:
 
 
 def test_fedavg_client_prunes_its_weight_difference() -> None:
-    sc = scenario("data.source=digits", "model.name=mlp", "model.config={hidden=[32]}", "training.mode=fedavg", "training.batch_size=8",
-                  "training.mini_batch_size=4", "training.lr=0.1", "defenses.prune.fraction=0.9")
+    sc = scenario(
+        "data.source=digits",
+        "model.name=mlp",
+        "model.config={hidden=[32]}",
+        "training.mode=fedavg",
+        "training.batch_size=8",
+        "training.mini_batch_size=4",
+        "training.lr=0.1",
+        "defenses.prune.fraction=0.9",
+    )
     data = federation.federated_data(sc)
     bundle = federation.build_global_model(sc, data.examples)
     start = {k: v.clone() for k, v in bundle.trainable_state().items()}
@@ -107,8 +115,9 @@ def test_fedavg_client_prunes_its_weight_difference() -> None:
 
 
 def _train_message(weights: dict[str, torch.Tensor], node: int) -> Message:
-    content = RecordDict({"arrays": ArrayRecord.from_torch_state_dict(weights),
-                          "config": ConfigRecord({"server-round": 1})})
+    content = RecordDict(
+        {"arrays": ArrayRecord.from_torch_state_dict(weights), "config": ConfigRecord({"server-round": 1})}
+    )
     return Message(content=content, dst_node_id=node, message_type="train")
 
 
@@ -121,14 +130,22 @@ def flower_identity(monkeypatch):
 
 def test_secure_aggregation_shows_the_auditor_only_group_sums(cola_path, flower_identity) -> None:
     clients = 4
-    sc = scenario(*TINY_GPT2, f"data.source={cola_path}", f"federation.clients={clients}", "training.batch_size=3",
-                  "federation.secure_aggregation_group=2", "training.lr=0.5", "audit.attacks=['embedding-rows']")
+    sc = scenario(
+        *TINY_GPT2,
+        f"data.source={cola_path}",
+        f"federation.clients={clients}",
+        "training.batch_size=3",
+        "federation.secure_aggregation_group=2",
+        "training.lr=0.5",
+        "audit.attacks=['embedding-rows']",
+    )
     data = federation.federated_data(sc)
     public = federation.build_global_model(sc, data.examples)
     records: list[dict] = []
     inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients, min_available_nodes=clients)
-    strategy = AuditingStrategy(inner, Auditor.for_scenario(sc.audit, sink=records.append), sc, public,
-                                sink=records.append)
+    strategy = AuditingStrategy(
+        inner, Auditor.for_scenario(sc.audit, sink=records.append), sc, public, sink=records.append
+    )
     weights = {k: v.clone() for k, v in public.trainable_state().items()}
     strategy._global = {1: weights}
     replies = [client_round(sc, _train_message(weights, node=10 + p), p, clients) for p in range(clients)]
@@ -150,8 +167,9 @@ def test_secure_aggregation_shows_the_auditor_only_group_sums(cola_path, flower_
     # The group's ground truth is the union of both members' examples, and is scored as such.
     for truth, (a, b) in zip(given_truths, [(0, 1), (2, 3)]):
         members = [truths[a], truths[b]]
-        assert truth.sequences() == [ids[m.bool()].tolist() for t in members
-                                     for ids, m in zip(t["input_ids"], t["attention_mask"])]
+        assert truth.sequences() == [
+            ids[m.bool()].tolist() for t in members for ids, m in zip(t["input_ids"], t["attention_mask"])
+        ]
         assert torch.equal(truth.labels, torch.cat([t["labels"] for t in members]))
     audits = [r for r in records if r.type == "attack"]
     assert [r.client for r in audits] == ["0+1", "2+3"]

@@ -329,10 +329,7 @@ def test_dockerfile_installs_constraints() -> None:
     assert "constraints.txt" in copied.split(), "constraints.txt is not copied into the image"
     runs = [rest for instr, rest in instructions if instr == "RUN"]
     pip_installs = [
-        cmd.strip()
-        for r in runs
-        for cmd in re.split(r"&&|;|\bthen\b", r)
-        if re.search(r"\bpip install\b", cmd)
+        cmd.strip() for r in runs for cmd in re.split(r"&&|;|\bthen\b", r) if re.search(r"\bpip install\b", cmd)
     ]
     torch_cpu = [c for c in pip_installs if re.search(r"--index-url[ =]\S*download\.pytorch\.org/whl/cpu", c)]
     # torch from the CPU index (PyPI's torch pulls CUDA wheels), pinned to the constraints' version.
@@ -349,8 +346,17 @@ def test_dockerignore_keeps_sources_and_drops_local_state() -> None:
         for line in (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     }
-    for needed in ("pyproject.toml", "constraints.txt", "fedaudit", "clients", "server_strategies",
-                   "simulations", "*", "**", "docker/Dockerfile"):
+    for needed in (
+        "pyproject.toml",
+        "constraints.txt",
+        "fedaudit",
+        "clients",
+        "server_strategies",
+        "simulations",
+        "*",
+        "**",
+        "docker/Dockerfile",
+    ):
         assert needed not in patterns, f".dockerignore drops {needed}"
     for dropped in (".venv", ".git", "runs"):
         assert dropped in patterns, f".dockerignore keeps {dropped}"
@@ -373,6 +379,9 @@ def test_docker_compose_config_validates() -> None:
         pytest.skip("docker compose CLI not installed")
     result = subprocess.run(
         [docker, "compose", "-f", str(COMPOSE_FILE), "config", "-q"],
-        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr

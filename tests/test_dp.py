@@ -23,8 +23,13 @@ from server_strategies.strategy import AuditingStrategy
 from tests.conftest import TINY_GPT2, run_cli
 from tests.helpers import scenario
 
-DIGITS = ["model.name=mlp", "model.config={hidden=[32]}", "data.source=digits", "model.dtype=float64",
-          "federation.clients=2"]
+DIGITS = [
+    "model.name=mlp",
+    "model.config={hidden=[32]}",
+    "data.source=digits",
+    "model.dtype=float64",
+    "federation.clients=2",
+]
 FEDAVG = ["training.mode=fedavg", "training.batch_size=8", "training.mini_batch_size=4", "training.lr=0.5"]
 
 
@@ -51,7 +56,7 @@ def _clipped_mean(bundle, batch, clip: float) -> tuple[dict[str, torch.Tensor], 
     norms = []
     for i in range(len(batch)):
         grads = torch.autograd.grad(loss_fn(bundle, batch.select(torch.tensor([i]))), [p for _, p in named])
-        norm = float(torch.sqrt(sum((g ** 2).sum() for g in grads)))
+        norm = float(torch.sqrt(sum((g**2).sum() for g in grads)))
         norms.append(norm)
         for (name, _), g in zip(named, grads):
             total[name] += g * min(1.0, clip / norm)
@@ -60,11 +65,19 @@ def _clipped_mean(bundle, batch, clip: float) -> tuple[dict[str, torch.Tensor], 
 
 @pytest.mark.parametrize("model", ["digits", "gpt2"])
 def test_fedsgd_dp_update_is_the_mean_of_clipped_per_example_gradients(model, cola_path) -> None:
-    base = DIGITS if model == "digits" else [*TINY_GPT2, f"data.source={cola_path}", "data.max_examples=200",
-                                             "model.dtype=float64", "federation.clients=2"]
+    base = (
+        DIGITS
+        if model == "digits"
+        else [
+            *TINY_GPT2,
+            f"data.source={cola_path}",
+            "data.max_examples=200",
+            "model.dtype=float64",
+            "federation.clients=2",
+        ]
+    )
     clip = 0.5 if model == "digits" else 0.05
-    sc = scenario(*base, "training.batch_size=4",
-                  f"defenses.dp_sgd={{noise_multiplier=0.0, max_grad_norm={clip}}}")
+    sc = scenario(*base, "training.batch_size=4", f"defenses.dp_sgd={{noise_multiplier=0.0, max_grad_norm={clip}}}")
     bundle, batch = _setup(sc)
     weights = {k: v.clone() for k, v in bundle.trainable_state().items()}
     expected, norms = _clipped_mean(bundle, batch, clip)
@@ -88,9 +101,12 @@ def test_fedsgd_dp_update_is_the_mean_of_clipped_per_example_gradients(model, co
 
 @pytest.mark.parametrize("accountant", ["prv", "rdp"])
 def test_reported_epsilon_is_opacus_accountant_over_the_rounds(accountant) -> None:
-    sc = scenario(*DIGITS, *FEDAVG, "training.local_epochs=2",
-                  f"defenses.dp_sgd={{noise_multiplier=1.1, max_grad_norm=1.0, accountant=\"{accountant}\", "
-                  f"delta=1e-4}}")
+    sc = scenario(
+        *DIGITS,
+        *FEDAVG,
+        "training.local_epochs=2",
+        f'defenses.dp_sgd={{noise_multiplier=1.1, max_grad_norm=1.0, accountant="{accountant}", delta=1e-4}}',
+    )
     weights = {k: v.clone() for k, v in _setup(sc)[0].trainable_state().items()}
     reported = []
     for server_round in (1, 3):
@@ -110,8 +126,12 @@ def test_reported_epsilon_is_opacus_accountant_over_the_rounds(accountant) -> No
 
 
 def test_dp_fedavg_with_poisson_sampling_trains_and_is_seeded() -> None:
-    sc = scenario(*DIGITS, *FEDAVG, "training.local_epochs=3",
-                  "defenses.dp_sgd={noise_multiplier=0.5, max_grad_norm=1.0, poisson_sampling=true}")
+    sc = scenario(
+        *DIGITS,
+        *FEDAVG,
+        "training.local_epochs=3",
+        "defenses.dp_sgd={noise_multiplier=0.5, max_grad_norm=1.0, poisson_sampling=true}",
+    )
     bundle, batch = _setup(sc)
     weights = {k: v.clone() for k, v in bundle.trainable_state().items()}
     first = federation.client_update(bundle, batch, sc, seed=7)
@@ -123,12 +143,31 @@ def test_dp_fedavg_with_poisson_sampling_trains_and_is_seeded() -> None:
 
 
 def test_dp_simulation_records_epsilon_growing_with_the_round(tmp_path: Path) -> None:
-    proc = run_cli("run", "--set", f"output.dir={tmp_path}", "--set", "model.name=mlp",
-                   "--set", "model.config={hidden=[32]}", "--set", "data.source=digits",
-                   "--set", "federation.clients=2", "--set", "federation.rounds=2",
-                   "--set", "training.batch_size=4", "--set", "training.lr=0.1",
-                   "--set", "audit.attacks=[\"labels\"]", "--set", "audit.budget_seconds=10",
-                   "--set", "defenses.dp_sgd={noise_multiplier=1.0, max_grad_norm=1.0, accountant=\"rdp\"}")
+    proc = run_cli(
+        "run",
+        "--set",
+        f"output.dir={tmp_path}",
+        "--set",
+        "model.name=mlp",
+        "--set",
+        "model.config={hidden=[32]}",
+        "--set",
+        "data.source=digits",
+        "--set",
+        "federation.clients=2",
+        "--set",
+        "federation.rounds=2",
+        "--set",
+        "training.batch_size=4",
+        "--set",
+        "training.lr=0.1",
+        "--set",
+        'audit.attacks=["labels"]',
+        "--set",
+        "audit.budget_seconds=10",
+        "--set",
+        'defenses.dp_sgd={noise_multiplier=1.0, max_grad_norm=1.0, accountant="rdp"}',
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     audits = attack_records(read_records(run_dir))
@@ -143,8 +182,12 @@ def test_dp_simulation_records_epsilon_growing_with_the_round(tmp_path: Path) ->
 
 
 def _train_message(weights, server_round: int, node: int = 5, **config) -> Message:
-    content = RecordDict({"arrays": ArrayRecord.from_torch_state_dict(weights),
-                          "config": ConfigRecord({"server-round": server_round, **config})})
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord.from_torch_state_dict(weights),
+            "config": ConfigRecord({"server-round": server_round, **config}),
+        }
+    )
     return Message(content=content, dst_node_id=node, message_type="train")
 
 
@@ -156,8 +199,9 @@ def _auditing(sc, records):
     data = federation.federated_data(sc)
     public = federation.build_global_model(sc, data.examples)
     inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2)
-    auditing = AuditingStrategy(inner, Auditor.for_scenario(sc.audit, sink=records.append), sc, public,
-                                sink=records.append)
+    auditing = AuditingStrategy(
+        inner, Auditor.for_scenario(sc.audit, sink=records.append), sc, public, sink=records.append
+    )
     seen = []
     auditor = auditing.auditor
     auditor.audit = lambda obs, truth, _orig=auditor.audit: seen.append((obs, truth)) or _orig(obs, truth)
@@ -167,8 +211,12 @@ def _auditing(sc, records):
 def _central_dp(clipping: str, sigma: float, clip: float):
     """The auditing strategy inside Flower's central-DP wrapper, as round 1's configure_train leaves it:
     (scenario, strategy, global weights, records, what the auditor saw)."""
-    sc = scenario(*DIGITS, *FEDAVG, "audit.attacks=[\"labels\"]",
-                  f"defenses.central_dp={{noise_multiplier={sigma}, clipping_norm={clip}, clipping=\"{clipping}\"}}")
+    sc = scenario(
+        *DIGITS,
+        *FEDAVG,
+        'audit.attacks=["labels"]',
+        f'defenses.central_dp={{noise_multiplier={sigma}, clipping_norm={clip}, clipping="{clipping}"}}',
+    )
     records: list[dict] = []
     auditing, public, seen = _auditing(sc, records)
     strategy = with_central_dp(auditing, sc)
@@ -213,15 +261,21 @@ def test_central_dp_records_a_failed_client_although_flower_skips_the_round(clip
 
 
 def _client_app_reply(app, msg: Message, partition_id: int) -> Message:
-    ctx = Context(run_id=1, node_id=5, node_config={"partition-id": partition_id, "num-partitions": 2},
-                  state=RecordDict(), run_config={})
+    ctx = Context(
+        run_id=1,
+        node_id=5,
+        node_config={"partition-id": partition_id, "num-partitions": 2},
+        state=RecordDict(),
+        run_config={},
+    )
     return app(msg, ctx)
 
 
 def test_central_dp_client_side_clipping_mod_clips_what_is_sent() -> None:
     clip = 0.05
-    sc = scenario(*DIGITS, *FEDAVG, f"defenses.central_dp={{noise_multiplier=1.0, clipping_norm={clip}, "
-                                    f"clipping=\"client\"}}")
+    sc = scenario(
+        *DIGITS, *FEDAVG, f'defenses.central_dp={{noise_multiplier=1.0, clipping_norm={clip}, clipping="client"}}'
+    )
     weights = {k: v.clone() for k, v in _setup(sc)[0].trainable_state().items()}
     plain = client_round(sc, _train_message(weights, 1), 0, 2).content["arrays"].to_torch_state_dict()
     delta = {k: v - weights[k] for k, v in plain.items()}
@@ -237,8 +291,11 @@ def test_central_dp_client_side_clipping_mod_clips_what_is_sent() -> None:
 
 def test_local_dp_mod_sends_a_clipped_and_noised_update() -> None:
     clip, eps, delta_dp = 0.05, 5.0, 1e-5
-    sc = scenario(*DIGITS, *FEDAVG, f"defenses.local_dp={{clipping_norm={clip}, sensitivity={clip}, "
-                                    f"epsilon={eps}, delta={delta_dp}}}")
+    sc = scenario(
+        *DIGITS,
+        *FEDAVG,
+        f"defenses.local_dp={{clipping_norm={clip}, sensitivity={clip}, epsilon={eps}, delta={delta_dp}}}",
+    )
     weights = {k: v.clone() for k, v in _setup(sc)[0].trainable_state().items()}
     plain = client_round(sc, _train_message(weights, 1), 0, 2).content["arrays"].to_torch_state_dict()
     delta = {k: v - weights[k] for k, v in plain.items()}
@@ -263,8 +320,14 @@ def test_local_dp_mod_sends_a_clipped_and_noised_update() -> None:
 
 
 def test_adam_fedavg_differs_from_sgd_and_trains() -> None:
-    sgd = scenario(*DIGITS, "training.mode=fedavg", "training.batch_size=16", "training.mini_batch_size=16",
-                   "training.local_epochs=20", "training.lr=0.01")
+    sgd = scenario(
+        *DIGITS,
+        "training.mode=fedavg",
+        "training.batch_size=16",
+        "training.mini_batch_size=16",
+        "training.local_epochs=20",
+        "training.lr=0.01",
+    )
     adam = sgd.model_copy(deep=True)
     adam.training.optimizer = "adam"
     bundle, batch = _setup(sgd)

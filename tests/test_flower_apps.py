@@ -27,8 +27,9 @@ def flower_identity(monkeypatch):
 
 
 def _train_message(weights: dict[str, torch.Tensor], server_round: int, node: int) -> Message:
-    content = RecordDict({"arrays": ArrayRecord.from_torch_state_dict(weights),
-                          "config": ConfigRecord({"server-round": server_round})})
+    content = RecordDict(
+        {"arrays": ArrayRecord.from_torch_state_dict(weights), "config": ConfigRecord({"server-round": server_round})}
+    )
     return Message(content=content, dst_node_id=node, message_type="train")
 
 
@@ -50,12 +51,15 @@ def _strategy(sc, sink):
     data = federation.federated_data(sc)
     public = federation.build_global_model(sc, data.examples)
     inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=2, min_available_nodes=2)
-    return AuditingStrategy(inner, Auditor.for_scenario(sc.audit, sink=sink.append), sc, public, sink=sink.append), public
+    return AuditingStrategy(
+        inner, Auditor.for_scenario(sc.audit, sink=sink.append), sc, public, sink=sink.append
+    ), public
 
 
 def test_fedsgd_client_sends_the_gradient_and_server_applies_the_step(cola_path) -> None:
-    sc = scenario(*TINY_GPT2, f"data.source={cola_path}", "federation.clients=2", "training.batch_size=4",
-                  "training.lr=0.5")
+    sc = scenario(
+        *TINY_GPT2, f"data.source={cola_path}", "federation.clients=2", "training.batch_size=4", "training.lr=0.5"
+    )
     records: list[dict] = []
     strategy, public = _strategy(sc, records)
     weights = {k: v.clone() for k, v in public.trainable_state().items()}
@@ -84,9 +88,17 @@ def test_fedsgd_client_sends_the_gradient_and_server_applies_the_step(cola_path)
 
 
 def test_fedavg_client_sends_weights_and_observation_is_their_float64_difference(cola_path) -> None:
-    sc = scenario(*TINY_GPT2, f"data.source={cola_path}", "federation.clients=2", "training.mode=fedavg",
-                  "training.batch_size=4", "training.mini_batch_size=4", "training.local_epochs=2",
-                  "training.lr=0.1", "model.dtype=float64")
+    sc = scenario(
+        *TINY_GPT2,
+        f"data.source={cola_path}",
+        "federation.clients=2",
+        "training.mode=fedavg",
+        "training.batch_size=4",
+        "training.mini_batch_size=4",
+        "training.local_epochs=2",
+        "training.lr=0.1",
+        "model.dtype=float64",
+    )
     records: list[dict] = []
     strategy, public = _strategy(sc, records)
     weights = {k: v.clone() for k, v in public.trainable_state().items()}
@@ -102,7 +114,8 @@ def test_fedavg_client_sends_weights_and_observation_is_their_float64_difference
 
     seen = []
     strategy.auditor.attacks[0].run = lambda obs, budget, _orig=strategy.auditor.attacks[0].run: (
-        seen.append(obs) or _orig(obs, budget))
+        seen.append(obs) or _orig(obs, budget)
+    )
     strategy.audit_reply(1, reply, weights)
     (obs,) = seen
     assert obs.protocol.local_steps == 2 and obs.client == "0"

@@ -84,15 +84,21 @@ class SpyAttack:
     def run(self, observation: Observation, budget: Budget) -> Reconstruction:
         reachable = _reachable(observation) | _reachable(budget)
         SpyAttack.found.append(bool(reachable & SpyAttack.targets))
-        SpyAttack.found.append(any(isinstance(o, GroundTruth) for o in gc.get_referrers(observation)
-                                   if id(o) in reachable))
+        SpyAttack.found.append(
+            any(isinstance(o, GroundTruth) for o in gc.get_referrers(observation) if id(o) in reachable)
+        )
         return Reconstruction("failed", "spy")
 
 
 def test_auditor_never_exposes_ground_truth_to_an_attack() -> None:
-    (obs, truth), = client_updates(scenario(*TINY_GPT2, "training.batch_size=2"), 1)
-    SpyAttack.targets = {id(truth), id(truth.input_ids), id(truth.attention_mask), id(truth.labels),
-                         id(truth.input_ids.untyped_storage())}
+    ((obs, truth),) = client_updates(scenario(*TINY_GPT2, "training.batch_size=2"), 1)
+    SpyAttack.targets = {
+        id(truth),
+        id(truth.input_ids),
+        id(truth.attention_mask),
+        id(truth.labels),
+        id(truth.input_ids.untyped_storage()),
+    }
     SpyAttack.found = []
     record = Auditor([SpyAttack()], budget_seconds=60).audit(obs, truth)[0]
     assert record.status == "failed", record.reason

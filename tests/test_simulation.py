@@ -24,9 +24,20 @@ def _only_run(base: Path) -> Path:
 
 
 def test_two_clients_two_rounds_write_valid_records(tmp_path: Path, cola_path: Path) -> None:
-    proc = run_cli("run", "--set", f"output.dir={tmp_path}", *sum((["--set", s] for s in TINY_GPT2), []),
-                   "--set", "federation.clients=2", "--set", "federation.rounds=2",
-                   "--set", f"data.source={cola_path}", "--set", "data.max_examples=200")
+    proc = run_cli(
+        "run",
+        "--set",
+        f"output.dir={tmp_path}",
+        *sum((["--set", s] for s in TINY_GPT2), []),
+        "--set",
+        "federation.clients=2",
+        "--set",
+        "federation.rounds=2",
+        "--set",
+        f"data.source={cola_path}",
+        "--set",
+        "data.max_examples=200",
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = _only_run(tmp_path)
     assert (run_dir.stat().st_mode & 0o777) == 0o700
@@ -37,7 +48,8 @@ def test_two_clients_two_rounds_write_valid_records(tmp_path: Path, cola_path: P
     audits = [r for r in records if r["type"] == "attack"]
     assert len(audits) == 2 * 2 * 2
     assert {(r["round"], r["client"], r["attack"]) for r in audits} == {
-        (rnd, c, a) for rnd in (1, 2) for c in ("0", "1") for a in ("embedding-rows", "labels")}
+        (rnd, c, a) for rnd in (1, 2) for c in ("0", "1") for a in ("embedding-rows", "labels")
+    }
     for r in audits:
         assert RECORD_KEYS <= set(r) and r["status"] in STATUSES
         assert all(0.0 <= v <= 1.0 for v in r["metrics"].values())
@@ -54,11 +66,22 @@ def test_two_clients_two_rounds_write_valid_records(tmp_path: Path, cola_path: P
 
 
 def test_run_killed_mid_way_keeps_finished_rounds_reportable(tmp_path: Path) -> None:
-    args = ["run", "--set", f"output.dir={tmp_path}", *sum((["--set", s] for s in TINY_GPT2), []),
-            "--set", "federation.clients=2", "--set", "federation.rounds=50", "--set", "data.demo_size=64"]
+    args = [
+        "run",
+        "--set",
+        f"output.dir={tmp_path}",
+        *sum((["--set", s] for s in TINY_GPT2), []),
+        "--set",
+        "federation.clients=2",
+        "--set",
+        "federation.rounds=50",
+        "--set",
+        "data.demo_size=64",
+    ]
     exe = str(Path(sys.executable).parent / "fedaudit")
-    proc = subprocess.Popen([exe, *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [exe, *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:

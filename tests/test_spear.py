@@ -14,24 +14,38 @@ from fedaudit.data import load_examples
 from fedaudit.metrics.arrays import PSNR_CAP, image_metrics
 from tests.helpers import client_updates, scenario
 
-ADULT_COLUMNS = ("['age','workclass','fnlwgt','education','education_num','marital_status','occupation',"
-                 "'relationship','race','sex','capital_gain','capital_loss','hours_per_week','native_country',"
-                 "'income']")
+ADULT_COLUMNS = (
+    "['age','workclass','fnlwgt','education','education_num','marital_status','occupation',"
+    "'relationship','race','sex','capital_gain','capital_loss','hours_per_week','native_country',"
+    "'income']"
+)
 
 
 def _mnist(data_dir, *extra: str):
-    return scenario("model.name=mlp", "model.config={hidden=[1000]}", "audit.attacks=['spear']",
-                    f"data.source={data_dir / 'images/mnist/t10k-images-idx3-ubyte.gz'}", *extra)
+    return scenario(
+        "model.name=mlp",
+        "model.config={hidden=[1000]}",
+        "audit.attacks=['spear']",
+        f"data.source={data_dir / 'images/mnist/t10k-images-idx3-ubyte.gz'}",
+        *extra,
+    )
 
 
 def _adult(data_dir, *extra: str):
-    return scenario("model.name=mlp", "model.config={hidden=[1000]}", "audit.attacks=['spear']",
-                    f"data.source={data_dir / 'tabular/adult/adult.data'}", "data.modality=table",
-                    f"data.columns={ADULT_COLUMNS}", "data.label_column=income", *extra)
+    return scenario(
+        "model.name=mlp",
+        "model.config={hidden=[1000]}",
+        "audit.attacks=['spear']",
+        f"data.source={data_dir / 'tabular/adult/adult.data'}",
+        "data.modality=table",
+        f"data.columns={ADULT_COLUMNS}",
+        "data.label_column=income",
+        *extra,
+    )
 
 
 def test_spear_recovers_a_real_mnist_batch_exactly(data_dir) -> None:
-    (observation, truth), = client_updates(_mnist(data_dir, "training.batch_size=8"), 1)
+    ((observation, truth),) = client_updates(_mnist(data_dir, "training.batch_size=8"), 1)
     attack = Spear(device="cpu")
     assert attack.applicable(observation) == (True, "")
     rec = attack.run(observation, Budget(120))
@@ -53,13 +67,13 @@ def _true_columns(observation, truth):
 
 
 def test_the_last_column_follows_from_the_other_ones(data_dir) -> None:
-    (observation, truth), = client_updates(_mnist(data_dir, "training.batch_size=8"), 1)
+    ((observation, truth),) = client_updates(_mnist(data_dir, "training.batch_size=8"), 1)
     f, q, layer = _true_columns(observation, truth)
     weight = observation.global_weights[layer.weight].to(F64)
     bias = observation.global_weights[layer.bias].to(F64)
     basis = torch.linalg.qr(f.R.T).Q
     for missing in range(8):
-        found = torch.cat([q[:, :missing], q[:, missing + 1:]], dim=1)
+        found = torch.cat([q[:, :missing], q[:, missing + 1 :]], dim=1)
         candidates = missing_direction(f, found, basis, weight @ basis, bias)
         assert any(abs(float(c @ q[:, missing])) > 1 - 1e-8 for c in candidates), missing
     for pair in ((0, 1), (2, 5), (6, 7)):
@@ -73,9 +87,14 @@ def test_the_last_column_follows_from_the_other_ones(data_dir) -> None:
 def test_neurons_on_for_one_example_give_its_column(data_dir) -> None:
     # CIFAR-10 images look alike: at b = 25 a uniform draw of 24 rows hits a column about once in 1e8
     # draws, but neurons on for a single example have L_i parallel to that example's row of Q^-1
-    sc = scenario("model.name=mlp", "model.config={hidden=[1000]}", "audit.attacks=['spear']",
-                  f"data.source={data_dir / 'images/cifar10/test_2000.npz'}", "training.batch_size=25")
-    (observation, truth), = client_updates(sc, 1)
+    sc = scenario(
+        "model.name=mlp",
+        "model.config={hidden=[1000]}",
+        "audit.attacks=['spear']",
+        f"data.source={data_dir / 'images/cifar10/test_2000.npz'}",
+        "training.batch_size=25",
+    )
+    ((observation, truth),) = client_updates(sc, 1)
     f, q, layer = _true_columns(observation, truth)
     weight = observation.global_weights[layer.weight].to(F64)
     bias = observation.global_weights[layer.bias].to(F64)
@@ -106,7 +125,7 @@ def test_neurons_on_for_one_example_give_its_column(data_dir) -> None:
 
 
 def test_zeros_are_judged_against_each_row_not_the_largest(data_dir) -> None:
-    (observation, truth), = client_updates(_mnist(data_dir, "training.batch_size=4"), 1)
+    ((observation, truth),) = client_updates(_mnist(data_dir, "training.batch_size=4"), 1)
     f, q, _ = _true_columns(observation, truth)
     true_zeros = f.zeros(q)
     # shrinking half the rows 1e5-fold (neurons with a tiny gradient) changes no zero set, and
@@ -120,7 +139,7 @@ def test_zeros_are_judged_against_each_row_not_the_largest(data_dir) -> None:
 
 
 def test_spear_recovers_a_real_adult_batch(data_dir) -> None:
-    (observation, truth), = client_updates(_adult(data_dir, "training.batch_size=8"), 1)
+    ((observation, truth),) = client_updates(_adult(data_dir, "training.batch_size=8"), 1)
     rec = Spear(device="cpu").run(observation, Budget(120))
     assert rec.status == "exact", rec.reason
     assert rec.diagnostics["batch_from_rank"] == 8
@@ -133,18 +152,28 @@ def test_spear_recovers_a_real_adult_batch(data_dir) -> None:
 
 
 def test_spear_is_not_applicable_without_relu_sparsity(data_dir) -> None:
-    sc = scenario("model.name=cnn", "model.config={activation='sigmoid'}", "data.source=digits",
-                  "training.batch_size=2", "audit.attacks=['spear']")
-    (observation, _), = client_updates(sc, 1)
+    sc = scenario(
+        "model.name=cnn",
+        "model.config={activation='sigmoid'}",
+        "data.source=digits",
+        "training.batch_size=2",
+        "audit.attacks=['spear']",
+    )
+    ((observation, _),) = client_updates(sc, 1)
     ok, why = Spear(device="cpu").applicable(observation)
     assert not ok and "ReLU" in why
 
 
 def test_spear_says_when_the_batch_size_is_not_identifiable(data_dir) -> None:
     # a 16-unit layer cannot separate 32 examples: the gradient has full rank
-    sc = scenario("model.name=mlp", "model.config={hidden=[16]}", "data.source=digits", "training.batch_size=32",
-                  "audit.attacks=['spear']")
-    (observation, _), = client_updates(sc, 1)
+    sc = scenario(
+        "model.name=mlp",
+        "model.config={hidden=[16]}",
+        "data.source=digits",
+        "training.batch_size=32",
+        "audit.attacks=['spear']",
+    )
+    ((observation, _),) = client_updates(sc, 1)
     rec = Spear(device="cpu").run(observation, Budget(30))
     assert rec.status == "partial" and "not identifiable" in rec.reason
 
@@ -152,8 +181,9 @@ def test_spear_says_when_the_batch_size_is_not_identifiable(data_dir) -> None:
 def test_image_sources_load_as_unit_range_nchw(data_dir) -> None:
     digits = load_examples(DataConfig(source="digits"), seed=0)
     assert digits.input_shape == (1, 8, 8) and len(digits) == 1797 and digits.num_labels == 10
-    mnist = load_examples(DataConfig(source=str(data_dir / "images/mnist/t10k-images-idx3-ubyte.gz"),
-                                     max_examples=500), seed=0)
+    mnist = load_examples(
+        DataConfig(source=str(data_dir / "images/mnist/t10k-images-idx3-ubyte.gz"), max_examples=500), seed=0
+    )
     assert mnist.input_shape == (1, 28, 28) and len(mnist) == 500
     cifar = load_examples(DataConfig(source=str(data_dir / "images/cifar10/test_2000.npz")), seed=0)
     assert cifar.input_shape == (3, 32, 32) and cifar.label_names[0] == "airplane"
@@ -162,8 +192,12 @@ def test_image_sources_load_as_unit_range_nchw(data_dir) -> None:
 
 
 def test_adult_rows_encode_and_decode_back(data_dir) -> None:
-    cfg = DataConfig(source=str(data_dir / "tabular/adult/adult.data"), modality="table",
-                     columns=eval(ADULT_COLUMNS), label_column="income")
+    cfg = DataConfig(
+        source=str(data_dir / "tabular/adult/adult.data"),
+        modality="table",
+        columns=eval(ADULT_COLUMNS),
+        label_column="income",
+    )
     table = load_examples(cfg, seed=0)
     assert table.label_names == ["<=50K", ">50K"] and len(table) == 32561
     first = table.schema.decode(table.inputs[0])
@@ -189,9 +223,13 @@ def test_image_metrics_on_known_values() -> None:
 
 
 def test_dense_models_train_on_images_and_tables(data_dir) -> None:
-    sc = scenario("model.name=cnn", "model.config={fc_hidden=[64]}", f"data.source={data_dir / 'images/cifar10/test_2000.npz'}",
-                  "training.batch_size=4")
-    (observation, truth), = client_updates(sc, 1)
+    sc = scenario(
+        "model.name=cnn",
+        "model.config={fc_hidden=[64]}",
+        f"data.source={data_dir / 'images/cifar10/test_2000.npz'}",
+        "training.batch_size=4",
+    )
+    ((observation, truth),) = client_updates(sc, 1)
     adapter = observation.model.adapter
     assert [d.relu_after for d in adapter.dense_layers] == [True] and not adapter.dense_layers[0].reads_input
     assert all(torch.isfinite(g).all() for g in observation.update.values())
@@ -208,8 +246,13 @@ def test_noised_updates_degrade_spear_gracefully_with_reasons() -> None:
 
     results = {}
     for scale in (1e-7, 1.0):
-        sc = scenario("data.source=digits", "model.name=mlp", "model.config={hidden=[256]}", "training.batch_size=4",
-                      f"defenses.noise.scale={scale}")
+        sc = scenario(
+            "data.source=digits",
+            "model.name=mlp",
+            "model.config={hidden=[256]}",
+            "training.batch_size=4",
+            f"defenses.noise.scale={scale}",
+        )
         ((observation, truth),) = client_updates(sc, 1)
         rec = Spear(device="cpu").run(observation, Budget(20))
         assert rec.status in ("partial", "failed") and "noise" in rec.reason
@@ -224,8 +267,13 @@ def test_a_pruned_update_gives_estimates_not_exact_inputs() -> None:
     from fedaudit.attacks.spear import Spear
     from tests.helpers import client_updates, scenario
 
-    sc = scenario("data.source=digits", "model.name=mlp", "model.config={hidden=[256]}", "training.batch_size=4",
-                  "defenses.prune.fraction=0.2")
+    sc = scenario(
+        "data.source=digits",
+        "model.name=mlp",
+        "model.config={hidden=[256]}",
+        "training.batch_size=4",
+        "defenses.prune.fraction=0.2",
+    )
     ((observation, _),) = client_updates(sc, 1)
     assert observation.protocol.lossy_transforms == ("prune",)
     assert federation.lossy_transforms(scenario("defenses.prune.fraction=0")) == ()

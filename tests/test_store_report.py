@@ -21,16 +21,27 @@ def test_store_is_private_and_flushes_each_record(tmp_path: Path) -> None:
     assert json.loads(line)["metrics"]["psnr"] == "inf"
     with store.records_path.open("a") as fh:
         fh.write('{"torn": ')
-    assert read_records(store.path) == [AttackRecord(round=1, client="0", attack="x", status="exact",
-                                                     metrics={"psnr": float("inf")})]
+    assert read_records(store.path) == [
+        AttackRecord(round=1, client="0", attack="x", status="exact", metrics={"psnr": float("inf")})
+    ]
 
 
 def test_report_escapes_client_text(tmp_path: Path) -> None:
     store = RunStore.create(Scenario(name="esc"), base_dir=tmp_path)
     evil = "<script>alert(1)</script> | ![x](http://evil) `code`"
-    store.append(AttackRecord(round=1, client="0", attack="embedding-rows", status="exact", reason=evil,
-                              metrics={"token_recall": 1.0}, seconds=0.1, peak_mem_mb=1.0,
-                              reconstruction={"tokens": [evil], "tokens_total": 1}))
+    store.append(
+        AttackRecord(
+            round=1,
+            client="0",
+            attack="embedding-rows",
+            status="exact",
+            reason=evil,
+            metrics={"token_recall": 1.0},
+            seconds=0.1,
+            peak_mem_mb=1.0,
+            reconstruction={"tokens": [evil], "tokens_total": 1},
+        )
+    )
     store.append(UtilityRecord(round=1, metrics={"loss": 1.0, "accuracy": 0.5}))
     report = render_report(store.path)
     assert "<script>" not in report and "&lt;script&gt;" in report
@@ -53,12 +64,18 @@ def test_a_run_directory_written_before_typed_records_still_renders() -> None:
 
 
 def test_one_summary_per_attack_skips_what_is_not_a_finite_number() -> None:
-    records = [AttackRecord(round=1, client=str(c), attack="dager", status=s, metrics=m, seconds=t, peak_mem_mb=p)
-               for c, (s, m, t, p) in enumerate([("exact", {"rouge1": 1.0}, 1.0, 10.0),
-                                                  ("partial", {"rouge1": 0.5, "psnr": float("nan")}, 3.0, 30.0),
-                                                  ("timeout", {}, 2.0, 5.0)])]
+    records = [
+        AttackRecord(round=1, client=str(c), attack="dager", status=s, metrics=m, seconds=t, peak_mem_mb=p)
+        for c, (s, m, t, p) in enumerate(
+            [
+                ("exact", {"rouge1": 1.0}, 1.0, 10.0),
+                ("partial", {"rouge1": 0.5, "psnr": float("nan")}, 3.0, 30.0),
+                ("timeout", {}, 2.0, 5.0),
+            ]
+        )
+    ]
     records.append(ClientError(round=1, client="9", reason="oom"))
-    summary, = summarize(records)
+    (summary,) = summarize(records)
     assert (summary.attack, summary.audits, summary.statuses) == ("dager", 3, {"exact": 1, "partial": 1, "timeout": 1})
     assert summary.metrics == {"rouge1": 0.75}
     assert (summary.seconds_mean, summary.seconds_median, summary.peak_mem_mb) == (2.0, 2.0, 30.0)

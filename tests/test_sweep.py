@@ -13,11 +13,18 @@ from tests.conftest import REPO_ROOT, run_cli
 
 
 def test_grid_values_are_read_as_toml_and_split_at_top_level_commas() -> None:
-    grid = parse_grid(["defenses.dp_sgd.noise_multiplier=0,1e-4,0.1", "audit.attacks=['spear','labels'],['labels']",
-                       'defenses.quantize.format="fp16","int8"'])
-    assert grid == {"defenses.dp_sgd.noise_multiplier": [0, 1e-4, 0.1],
-                    "audit.attacks": [["spear", "labels"], ["labels"]],
-                    "defenses.quantize.format": ["fp16", "int8"]}
+    grid = parse_grid(
+        [
+            "defenses.dp_sgd.noise_multiplier=0,1e-4,0.1",
+            "audit.attacks=['spear','labels'],['labels']",
+            'defenses.quantize.format="fp16","int8"',
+        ]
+    )
+    assert grid == {
+        "defenses.dp_sgd.noise_multiplier": [0, 1e-4, 0.1],
+        "audit.attacks": [["spear", "labels"], ["labels"]],
+        "defenses.quantize.format": ["fp16", "int8"],
+    }
     for bad in (["training.lr"], ["training.lr="], ["training.lr=1,,2"]):
         with pytest.raises(ConfigError, match="--grid"):
             parse_grid(bad)
@@ -28,19 +35,33 @@ def test_grid_values_are_read_as_toml_and_split_at_top_level_commas() -> None:
 def test_every_cell_is_validated_before_anything_runs() -> None:
     scenario = REPO_ROOT / "simulations" / "digits_quick.toml"
     cells = plan(scenario, parse_grid(["training.lr=0.1,0.2", "federation.rounds=1,2"]), [])
-    assert [c.settings for c in cells] == [{"training.lr": 0.1, "federation.rounds": 1},
-                                            {"training.lr": 0.1, "federation.rounds": 2},
-                                            {"training.lr": 0.2, "federation.rounds": 1},
-                                            {"training.lr": 0.2, "federation.rounds": 2}]
+    assert [c.settings for c in cells] == [
+        {"training.lr": 0.1, "federation.rounds": 1},
+        {"training.lr": 0.1, "federation.rounds": 2},
+        {"training.lr": 0.2, "federation.rounds": 1},
+        {"training.lr": 0.2, "federation.rounds": 2},
+    ]
     with pytest.raises(ConfigError, match=r"grid cell lr=-1: training.lr = -1"):
         plan(scenario, parse_grid(["training.lr=0.1,-1"]), [])
 
 
 def test_a_sweep_writes_csv_markdown_and_resumes(tmp_path, monkeypatch) -> None:
     out = tmp_path / "sweep"
-    done = run_cli("sweep", "simulations/digits_quick.toml", "--grid", "defenses.prune.fraction=0,0.9",
-                   "--set", "federation.rounds=1", "--set", "federation.clients=2",
-                   "--set", "audit.attacks=['labels']", "--out", str(out), timeout=900)
+    done = run_cli(
+        "sweep",
+        "simulations/digits_quick.toml",
+        "--grid",
+        "defenses.prune.fraction=0,0.9",
+        "--set",
+        "federation.rounds=1",
+        "--set",
+        "federation.clients=2",
+        "--set",
+        "audit.attacks=['labels']",
+        "--out",
+        str(out),
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     with (out / "sweep.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -55,9 +76,22 @@ def test_a_sweep_writes_csv_markdown_and_resumes(tmp_path, monkeypatch) -> None:
     assert "cell 1 (fraction=0.9): done" in done.stdout
 
     # --resume keeps the two finished cells and runs only the value added to the grid
-    again = run_cli("sweep", "simulations/digits_quick.toml", "--grid", "defenses.prune.fraction=0,0.9,0.5",
-                    "--set", "federation.rounds=1", "--set", "federation.clients=2",
-                    "--set", "audit.attacks=['labels']", "--out", str(out), "--resume", timeout=900)
+    again = run_cli(
+        "sweep",
+        "simulations/digits_quick.toml",
+        "--grid",
+        "defenses.prune.fraction=0,0.9,0.5",
+        "--set",
+        "federation.rounds=1",
+        "--set",
+        "federation.clients=2",
+        "--set",
+        "audit.attacks=['labels']",
+        "--out",
+        str(out),
+        "--resume",
+        timeout=900,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert "cell 2 (fraction=0.5): done" in again.stdout and "cell 0 " not in again.stdout
     assert len(list((out / "cell-00").glob("*/records.jsonl"))) == 1
@@ -76,15 +110,23 @@ def test_a_sweep_writes_csv_markdown_and_resumes(tmp_path, monkeypatch) -> None:
     assert finished_cell(cell, scenario_path, sets, out, {}) is not None
     assert "cell-00" in _cell_overrides(cell, sets, out)[-1]
     records = next((out / "cell-00").glob("*/records.jsonl"))
-    records.write_text("".join(line for line in records.read_text().splitlines(keepends=True)
-                               if '"utility"' not in line))
+    records.write_text(
+        "".join(line for line in records.read_text().splitlines(keepends=True) if '"utility"' not in line)
+    )
     assert finished_cell(cell, scenario_path, sets, out, {}) is None
     assert finished_cell(Cell(0, {"defenses.prune.fraction": 0.5}), scenario_path, sets, out, {}) is None
 
 
 def test_resume_needs_an_existing_sweep_directory(tmp_path) -> None:
-    done = run_cli("sweep", "simulations/digits_quick.toml", "--grid", "defenses.prune.fraction=0,0.5", "--resume",
-                   "--out", str(tmp_path / "nothing-here"))
+    done = run_cli(
+        "sweep",
+        "simulations/digits_quick.toml",
+        "--grid",
+        "defenses.prune.fraction=0,0.5",
+        "--resume",
+        "--out",
+        str(tmp_path / "nothing-here"),
+    )
     assert done.returncode == 2
     assert done.stderr.strip() == "fedaudit: error: --resume needs --out naming an existing sweep directory"
 
@@ -92,5 +134,7 @@ def test_resume_needs_an_existing_sweep_directory(tmp_path) -> None:
 def test_a_bad_grid_key_fails_with_one_line() -> None:
     done = run_cli("sweep", "simulations/digits_quick.toml", "--grid", "defenses.prune.fractio=0,0.5")
     assert done.returncode == 2
-    assert done.stderr.strip() == ("fedaudit: error: grid cell fractio=0: unknown key 'defenses.prune.fractio'; "
-                                   "allowed keys here: fraction, threshold")
+    assert done.stderr.strip() == (
+        "fedaudit: error: grid cell fractio=0: unknown key 'defenses.prune.fractio'; "
+        "allowed keys here: fraction, threshold"
+    )

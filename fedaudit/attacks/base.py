@@ -139,8 +139,12 @@ class Observation:
         """True when ``gradient()`` is the batch gradient itself, not an estimate (one SGD step)."""
         return self.protocol.local_steps == 1 and self.protocol.optimizer == "sgd"
 
-    def model_at(self, weights: Mapping[str, torch.Tensor] | None = None, device: torch.device | str = "cpu",
-                 dtype: torch.dtype | None = None) -> ModelBundle:
+    def model_at(
+        self,
+        weights: Mapping[str, torch.Tensor] | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> ModelBundle:
         """A private copy of the public model carrying ``weights`` (default: the round's global
         weights), on ``device``, in ``dtype`` (default: the model's), in eval mode. The attack
         owns it: changing it changes nothing anyone else sees."""
@@ -212,7 +216,7 @@ class OptionsError(ValueError):
 
 class Registry:
     """Attacks by name. ``options(name, table)`` validates a scenario's ``[audit.<name>]`` table
-    against the attack's ``Options``; ``make(name, device, table)`` builds the attack.
+    against the attack's ``Options``; ``make(name, device, options)`` builds the attack.
 
     >>> registry = Registry([Dager, Spear])
     >>> attack = registry.make("spear", device="cpu", options={"layer": 1})
@@ -236,8 +240,7 @@ class Registry:
 
     def options(self, name: str, table: Mapping[str, Any] | None = None, key: str | None = None) -> Any:
         """The attack's ``Options`` built from ``table``; errors name ``key`` (default ``audit.<name>``)."""
-        cls = self._attacks[name]
-        kind = getattr(cls, "Options", NoOptions)
+        kind = getattr(self._attacks[name], "Options", NoOptions)
         key = key or f"audit.{name}"
         if not isinstance(table, Mapping) and table is not None:
             raise OptionsError(f"{key} = {table!r}: expected a table of options")
@@ -253,9 +256,6 @@ class Registry:
         if not isinstance(options, kind):
             options = self.options(name, options)
         return self._attacks[name](options, device=device)
-
-    def __iter__(self):
-        return iter(self.names())
 
 
 def _one_line(err: ValidationError, key: str, kind: type) -> str:

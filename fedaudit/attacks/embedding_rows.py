@@ -26,8 +26,10 @@ class EmbeddingRows(Attack):
         if adapter.embedding not in observation.update:
             return False, f"the token embeddings ({adapter.embedding}) are frozen: the update has no rows to read"
         if adapter.tied_embeddings:
-            return False, ("the token embeddings are tied to the output layer, whose softmax gradient touches "
-                           "every vocabulary row (set model.config.tie_word_embeddings=false to untie them)")
+            return False, (
+                "the token embeddings are tied to the output layer, whose softmax gradient touches "
+                "every vocabulary row (set model.config.tie_word_embeddings=false to untie them)"
+            )
         return True, ""
 
     def run(self, observation: Observation, budget: Budget) -> Reconstruction:
@@ -43,15 +45,25 @@ class EmbeddingRows(Attack):
         diagnostics = {"rows_nonzero": len(tokens), "vocab_size": int(vocab)}
         caveats = []
         if noise > 0:
-            caveats.append(f"the update carries protocol noise (std {noise:.3g} per entry): rows count as used when "
-                           f"their norm exceeds the noise bound {cut:.3g}, so rare tokens can hide and noise can pass")
+            caveats.append(
+                f"the update carries protocol noise (std {noise:.3g} per entry): rows count as used when "
+                f"their norm exceeds the noise bound {cut:.3g}, so rare tokens can hide and noise can pass"
+            )
         if observation.model.task == "causal-lm":
-            caveats.append("in causal LM the last token of each sequence predicts nothing that is scored, "
-                           "so its row stays zero unless the token also occurs earlier")
+            caveats.append(
+                "in causal LM the last token of each sequence predicts nothing that is scored, "
+                "so its row stays zero unless the token also occurs earlier"
+            )
         if observation.protocol.mode == "fedavg" and observation.model.dtype != torch.float64:
-            caveats.append("float32 weights: a step smaller than half a float32 ulp of a weight rounds away, "
-                           "so a used row can look untouched (use model.dtype = 'float64')")
+            caveats.append(
+                "float32 weights: a step smaller than half a float32 ulp of a weight rounds away, "
+                "so a used row can look untouched (use model.dtype = 'float64')"
+            )
         if caveats:
             return Reconstruction("partial", "; ".join(caveats), tokens=tokens, diagnostics=diagnostics)
-        return Reconstruction("exact", "every non-zero row is a token the client used, and every used token "
-                              "reaches the loss", tokens=tokens, diagnostics=diagnostics)
+        return Reconstruction(
+            "exact",
+            "every non-zero row is a token the client used, and every used token reaches the loss",
+            tokens=tokens,
+            diagnostics=diagnostics,
+        )

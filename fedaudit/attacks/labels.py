@@ -35,8 +35,9 @@ def dummy_mean_softmax(observation: Observation, samples: int = 16) -> torch.Ten
     return torch.softmax(logits.double(), dim=-1).mean(0)
 
 
-def counts_from_bias_gradient(bias_grad: torch.Tensor, batch_size: int,
-                              mean_softmax: torch.Tensor | None = None) -> list[int]:
+def counts_from_bias_gradient(
+    bias_grad: torch.Tensor, batch_size: int, mean_softmax: torch.Tensor | None = None
+) -> list[int]:
     """Label counts n_c = B (mean_i p_ic - g_b[c]) from eq. (1), rounded to sum to B.
 
     ``mean_softmax`` estimates mean_i p_ic (uniform if None). A class with g_b[c] < 0 is certainly
@@ -68,12 +69,16 @@ class LabelRecovery(Attack):
         classes = int(observation.update[adapter.head_weight].shape[0])
         if adapter.head_bias is None:
             if observation.protocol.num_examples > 1:
-                return False, ("batch label counts need the head's bias gradient (eq. 1) and this head "
-                               f"({adapter.head_weight}) has no bias")
+                return False, (
+                    "batch label counts need the head's bias gradient (eq. 1) and this head "
+                    f"({adapter.head_weight}) has no bias"
+                )
             if classes == 2 and adapter.signed_head_features:
-                return False, ("cannot be exact: a bias-free head over signed features with two classes has two "
-                               "gradient rows that are negatives of each other, so the label depends on the "
-                               "unknown sign of the features")
+                return False, (
+                    "cannot be exact: a bias-free head over signed features with two classes has two "
+                    "gradient rows that are negatives of each other, so the label depends on the "
+                    "unknown sign of the features"
+                )
         return True, ""
 
     def run(self, observation: Observation, budget: Budget) -> Reconstruction:
@@ -81,9 +86,14 @@ class LabelRecovery(Attack):
         batch = observation.protocol.num_examples
         grad_w = observation.gradient(adapter.head_weight).double()
         diagnostics = {"classes": int(grad_w.shape[0]), "batch_size": batch}
-        approx = "" if observation.exact_gradient else (
-            f"{observation.protocol.local_steps} local steps: the head's update sums gradients taken at moving "
-            "weights, so the signs are those of an estimate")
+        approx = (
+            ""
+            if observation.exact_gradient
+            else (
+                f"{observation.protocol.local_steps} local steps: the head's update sums gradients taken at moving "
+                "weights, so the signs are those of an estimate"
+            )
+        )
         if adapter.head_bias is not None:
             grad_b = observation.gradient(adapter.head_bias)
             if batch == 1:
@@ -91,25 +101,34 @@ class LabelRecovery(Attack):
                 diagnostics["negative_bias_entries"] = len(negative)
                 label = int(torch.argmin(grad_b))
                 exact = len(negative) == 1 and not approx
-                reason = approx or ("the bias gradient has exactly one negative entry" if exact
-                                    else f"{len(negative)} negative bias-gradient entries; took the smallest")
-                return Reconstruction("exact" if exact else "partial", reason, labels=[label],
-                                      diagnostics=diagnostics)
+                reason = approx or (
+                    "the bias gradient has exactly one negative entry"
+                    if exact
+                    else f"{len(negative)} negative bias-gradient entries; took the smallest"
+                )
+                return Reconstruction("exact" if exact else "partial", reason, labels=[label], diagnostics=diagnostics)
             mean_softmax = dummy_mean_softmax(observation)
             labels = counts_from_bias_gradient(grad_b, batch, mean_softmax)
             diagnostics["classes_present"] = int((grad_b < 0).sum())
             diagnostics["mean_softmax_estimate"] = [round(float(p), 4) for p in mean_softmax]
-            reason = ("every class with a negative bias gradient is present; counts estimated with the "
-                      "global model's mean softmax on random tokens")
-            return Reconstruction("partial", "; ".join(filter(None, [reason, approx])), labels=labels,
-                                  diagnostics=diagnostics)
+            reason = (
+                "every class with a negative bias gradient is present; counts estimated with the "
+                "global model's mean softmax on random tokens"
+            )
+            return Reconstruction(
+                "partial", "; ".join(filter(None, [reason, approx])), labels=labels, diagnostics=diagnostics
+            )
         # B = 1, no bias, C >= 3: the true row is the one whose inner products with all others are negative.
         gram = grad_w @ grad_w.T
         off_diagonal = gram - torch.diag(torch.diag(gram))
         anti = [(off_diagonal[c] < 0).sum().item() for c in range(gram.shape[0])]
         label = max(range(len(anti)), key=anti.__getitem__)
         exact = anti[label] == gram.shape[0] - 1 and sum(a == gram.shape[0] - 1 for a in anti) == 1
-        reason = approx or ("one head-gradient row is anti-aligned with every other row" if exact
-                            else "no head-gradient row is anti-aligned with all others; took the most anti-aligned")
-        return Reconstruction("exact" if exact and not approx else "partial", reason, labels=[label],
-                              diagnostics=diagnostics)
+        reason = approx or (
+            "one head-gradient row is anti-aligned with every other row"
+            if exact
+            else "no head-gradient row is anti-aligned with all others; took the most anti-aligned"
+        )
+        return Reconstruction(
+            "exact" if exact and not approx else "partial", reason, labels=[label], diagnostics=diagnostics
+        )

@@ -43,6 +43,7 @@ LBFGS_ITERATIONS = 20
 
 # ---------------------------------------------------------------- objectives
 
+
 def squared_distance(grads: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
     """DLG, eq. 4: sum over parameters of ||g' - g||^2."""
     return sum(((g - t) ** 2).sum() for g, t in zip(grads, target))
@@ -69,6 +70,7 @@ def soft_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
 # ---------------------------------------------------------------- optimizers
 
+
 @dataclass
 class Fit:
     """How one optimization run ended."""
@@ -80,8 +82,9 @@ class Fit:
     memory_resets: int = 0
 
 
-def lbfgs_fit(variables: list[torch.Tensor], objective: Callable[[], torch.Tensor], steps: int, budget: Budget,
-              lr: float = 1.0) -> Fit:
+def lbfgs_fit(
+    variables: list[torch.Tensor], objective: Callable[[], torch.Tensor], steps: int, budget: Budget, lr: float = 1.0
+) -> Fit:
     """Minimize ``objective()`` over ``variables``: ``steps`` L-BFGS steps of up to
     ``LBFGS_ITERATIONS`` iterations with a strong Wolfe line search.
 
@@ -102,8 +105,15 @@ def lbfgs_fit(variables: list[torch.Tensor], objective: Callable[[], torch.Tenso
         return loss
 
     def fresh() -> torch.optim.LBFGS:
-        return torch.optim.LBFGS(variables, lr=lr, max_iter=LBFGS_ITERATIONS, history_size=100,
-                                 line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
+        return torch.optim.LBFGS(
+            variables,
+            lr=lr,
+            max_iter=LBFGS_ITERATIONS,
+            history_size=100,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=0.0,
+            tolerance_change=0.0,
+        )
 
     optimizer, previous, stalled, resets, done, ran_out = fresh(), float("inf"), False, 0, 0, False
     try:
@@ -124,8 +134,14 @@ def lbfgs_fit(variables: list[torch.Tensor], objective: Callable[[], torch.Tenso
     return Fit(distance, done, evaluations, ran_out, resets)
 
 
-def signed_adam_fit(x: torch.Tensor, objective: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-                    steps: int, budget: Budget, lr: float, box: tuple[float, float] | None) -> Fit:
+def signed_adam_fit(
+    x: torch.Tensor,
+    objective: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    budget: Budget,
+    lr: float,
+    box: tuple[float, float] | None,
+) -> Fit:
     """Inverting Gradients' optimizer: Adam on sign(d objective / dx), the learning rate divided by
     10 at 3/8, 5/8 and 7/8 of the steps, and x projected into ``box`` after every step.
     ``objective(x)`` returns (loss to minimize, gradient distance to report)."""
@@ -154,6 +170,7 @@ def signed_adam_fit(x: torch.Tensor, objective: Callable[[torch.Tensor], tuple[t
 
 # ---------------------------------------------------------------- image and table attacks
 
+
 class _GradientMatching(Attack):
     """Shared set-up: a float64 copy of the global model, the observed gradients of its trainable
     parameters, the dummy gradient of candidate inputs, and restarts keeping the lowest distance.
@@ -163,8 +180,10 @@ class _GradientMatching(Attack):
         if observation.model.input_shape is None:
             return False, f"{self.name} optimizes image or table inputs; {observation.model.name} reads text"
         if not observation.exact_gradient:
-            return False, (f"{self.name} matches one gradient; this update is {observation.protocol.local_steps} "
-                           "local steps of FedAvg")
+            return False, (
+                f"{self.name} matches one gradient; this update is {observation.protocol.local_steps} "
+                "local steps of FedAvg"
+            )
         return True, ""
 
     def _setup(self, observation: Observation) -> tuple[torch.nn.Module, list[torch.Tensor], list[torch.Tensor]]:
@@ -174,8 +193,9 @@ class _GradientMatching(Attack):
         return model, [p for _, p in named], target
 
     @staticmethod
-    def _dummy_gradient(model: torch.nn.Module, params: list[torch.Tensor], x: torch.Tensor,
-                        labels: torch.Tensor) -> list[torch.Tensor]:
+    def _dummy_gradient(
+        model: torch.nn.Module, params: list[torch.Tensor], x: torch.Tensor, labels: torch.Tensor
+    ) -> list[torch.Tensor]:
         """dL(x', y')/dW with the graph kept, so a distance to the target can be differentiated in x'."""
         return list(torch.autograd.grad(soft_cross_entropy(model(x), labels), params, create_graph=True))
 
@@ -183,8 +203,7 @@ class _GradientMatching(Attack):
     def _is_image(observation: Observation) -> bool:
         return observation.model.table_schema is None and len(observation.model.input_shape) == 3
 
-    def _recovered_labels(self, observation: Observation, budget: Budget,
-                          extra: dict[str, Any]) -> list[int] | None:
+    def _recovered_labels(self, observation: Observation, budget: Budget, extra: dict[str, Any]) -> list[int] | None:
         """Labels from the head's gradient (iDLG's rule at b = 1, counts for batches), or None."""
         recovery = LabelRecovery()
         ok, why = recovery.applicable(observation)
@@ -197,8 +216,13 @@ class _GradientMatching(Attack):
             return None
         return list(found.labels)
 
-    def _best_of_restarts(self, observation: Observation, one: Callable[[torch.Generator, torch.Tensor], tuple[Fit, list[int]]],
-                          started: float, extra: dict[str, Any]) -> Reconstruction:
+    def _best_of_restarts(
+        self,
+        observation: Observation,
+        one: Callable[[torch.Generator, torch.Tensor], tuple[Fit, list[int]]],
+        started: float,
+        extra: dict[str, Any],
+    ) -> Reconstruction:
         """Run ``one(generator, x0)`` from x0 ~ N(0, 1) (DLG's ``torch.randn`` dummy data) once per
         restart, seeded; keep the run with the lowest gradient distance."""
         shape = (observation.protocol.num_examples, *observation.model.input_shape)
@@ -216,11 +240,20 @@ class _GradientMatching(Attack):
         fit, x, labels = best
         if self._is_image(observation):
             x = x.clamp(0.0, 1.0)  # images live in [0, 1]: public knowledge of the input format
-        diag = {"gradient_distance": fit.distance, "steps": steps, "steps_budget": self.options.steps * self.options.restarts,
-                "gradient_evaluations": evaluations, "restarts": restart, "seconds": time.perf_counter() - started,
-                **({"lbfgs_memory_resets": resets} if resets else {}), **extra}
-        reason = (f"optimization reached gradient distance {fit.distance:.3g} after {steps} steps"
-                  f"{' (time budget)' if fit.ran_out else ''}; a match is not a proof")
+        diag = {
+            "gradient_distance": fit.distance,
+            "steps": steps,
+            "steps_budget": self.options.steps * self.options.restarts,
+            "gradient_evaluations": evaluations,
+            "restarts": restart,
+            "seconds": time.perf_counter() - started,
+            **({"lbfgs_memory_resets": resets} if resets else {}),
+            **extra,
+        }
+        reason = (
+            f"optimization reached gradient distance {fit.distance:.3g} after {steps} steps"
+            f"{' (time budget)' if fit.ran_out else ''}; a match is not a proof"
+        )
         return Reconstruction("partial", reason, inputs=x.detach().cpu().float(), labels=labels, diagnostics=diag)
 
 
@@ -249,8 +282,11 @@ class DLG(_GradientMatching):
         extra: dict[str, Any] = {}
         known = None if self.learns_labels else self._recovered_labels(observation, budget, extra)
         if known is None and not self.learns_labels:
-            return Reconstruction("failed", f"{self.name} needs the labels: {extra.get('labels_reason', '')}",
-                                  diagnostics={"seconds": time.perf_counter() - started, **extra})
+            return Reconstruction(
+                "failed",
+                f"{self.name} needs the labels: {extra.get('labels_reason', '')}",
+                diagnostics={"seconds": time.perf_counter() - started, **extra},
+            )
         model, params, target = self._setup(observation)
         classes = int(observation.update[observation.model.adapter.head_weight].shape[0])
 
@@ -260,8 +296,13 @@ class DLG(_GradientMatching):
             else:  # soft labels: free logits, a softmax inside the loss
                 labels = torch.randn(x.shape[0], classes, generator=gen, dtype=F64).to(self.device)
                 variables = [x, labels.requires_grad_(True)]
-            fit = lbfgs_fit(variables, lambda: squared_distance(self._dummy_gradient(model, params, x, labels), target),
-                            self.options.steps, budget, self.options.lr)
+            fit = lbfgs_fit(
+                variables,
+                lambda: squared_distance(self._dummy_gradient(model, params, x, labels), target),
+                self.options.steps,
+                budget,
+                self.options.lr,
+            )
             return fit, known if known is not None else labels.argmax(-1).tolist()
 
         return self._best_of_restarts(observation, one, started, extra)
@@ -310,9 +351,11 @@ class InvertingGradients(_GradientMatching):
         extra: dict[str, Any] = {}
         known = self._recovered_labels(observation, budget, extra)
         if known is None:
-            return Reconstruction("failed", "IG needs the labels and the head's gradient does not give them: "
-                                  f"{extra.get('labels_reason', '')}",
-                                  diagnostics={"seconds": time.perf_counter() - started, **extra})
+            return Reconstruction(
+                "failed",
+                f"IG needs the labels and the head's gradient does not give them: {extra.get('labels_reason', '')}",
+                diagnostics={"seconds": time.perf_counter() - started, **extra},
+            )
         model, params, target = self._setup(observation)
         labels = torch.tensor(known, device=self.device)
         image = self._is_image(observation)

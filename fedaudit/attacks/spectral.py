@@ -32,8 +32,7 @@ def spectral_rank(singular_values: torch.Tensor, noise_floor: float, min_rank: i
     return int(gaps.argmax()) + 1 if bool(torch.isfinite(gaps).any()) else int(s.numel())
 
 
-def gap_rank(singular_values: torch.Tensor, noise_floor: float, min_rank: int = 0,
-             max_rank: int | None = None) -> int:
+def gap_rank(singular_values: torch.Tensor, noise_floor: float, min_rank: int = 0, max_rank: int | None = None) -> int:
     """Rank at the largest log-gap of the singular values (descending) with both sides above
     ``noise_floor`` (relative to the top value), with no cut below ``min_rank`` or above ``max_rank``.
 

@@ -52,33 +52,62 @@ class TAG(Attack):
         if bundle.task != "classification":
             return False, "TAG as published matches a classifier's gradient with soft labels; this model is a causal LM"
         if not observation.exact_gradient:
-            return False, (f"TAG matches one gradient; this update is {observation.protocol.local_steps} local "
-                           "steps of FedAvg")
+            return False, (
+                f"TAG matches one gradient; this update is {observation.protocol.local_steps} local steps of FedAvg"
+            )
         positions = adapter.first_input.positions if adapter.first_input is not None else None
         if positions is None:
-            return False, (f"the sequence length is read from the position-embedding gradient and {bundle.name} "
-                           "has no position-embedding table (rotary positions)")
+            return False, (
+                f"the sequence length is read from the position-embedding gradient and {bundle.name} "
+                "has no position-embedding table (rotary positions)"
+            )
         if positions not in observation.update:
             return False, f"the position embeddings ({positions}) are frozen, so the sequence length is unknown"
         return True, ""
 
     def run(self, observation: Observation, budget: Budget) -> Reconstruction:
         started = time.perf_counter()
-        bundle, adapter = observation.model_at(device=self.device), observation.model.adapter
-        model, dtype = bundle.model, bundle.dtype
-        # The dummy embeddings bypass the lookup, so the embedding matrix's gradient is not matched.
-        named = [(n, p) for n, p in model.named_parameters()
-                 if p.requires_grad and n in observation.update and n != adapter.embedding]
-        params = [p for _, p in named]
-        target = [observation.gradient(n).to(self.device, dtype) for n, _ in named]
+        adapter = observation.model.adapter
         used = torch.nonzero(observation.gradient(adapter.first_input.positions).abs().amax(dim=1) > 0)
         if used.numel() == 0:
-            return Reconstruction("failed", "the position-embedding gradient is zero, so the sequence length is unknown",
-                                  diagnostics={"seconds": time.perf_counter() - started})
+            return Reconstruction(
+                "failed",
+                "the position-embedding gradient is zero, so the sequence length is unknown",
+                diagnostics={"seconds": time.perf_counter() - started},
+            )
         length = int(used.max()) + 1  # positions past the longest sequence are never looked up
-        b = observation.protocol.num_examples
-        table = observation.global_weights[adapter.embedding].to(self.device, dtype)
-        classes = int(observation.update[adapter.head_weight].shape[0])
+        bundle = observation.model_at(device=self.device)
+        table = observation.global_weights[adapter.embedding].to(self.device, bundle.dtype)
+        x, soft, distance, done, ran_out = self._fit(observation, bundle, table, length, budget)
+        ids = nearest_rows(x, table).cpu()
+        diag = {
+            "gradient_distance": distance,
+            "steps": done,
+            "steps_budget": self.options.steps,
+            "sequence_length": length,
+            "seconds": time.perf_counter() - started,
+            "device": str(self.device),
+        }
+        reason = (
+            f"optimization reached gradient distance {distance:.3g} after {done} steps"
+            f"{' (time budget)' if ran_out else ''}; tokens are the nearest embedding rows, not a proof"
+        )
+        return Reconstruction(
+            "partial", reason, sequences=ids.tolist(), labels=soft.argmax(-1).tolist(), diagnostics=diag
+        )
+
+    def _fit(self, observation: Observation, bundle, table: torch.Tensor, length: int, budget: Budget):
+        """Adam on dummy embeddings x (B x n x d) and soft labels: (x, soft, distance, steps, ran out)."""
+        dtype, adapter = bundle.dtype, observation.model.adapter
+        # The dummy embeddings bypass the lookup, so the embedding matrix's gradient is not matched.
+        named = [
+            (n, p)
+            for n, p in bundle.model.named_parameters()
+            if p.requires_grad and n in observation.update and n != adapter.embedding
+        ]
+        params = [p for _, p in named]
+        target = [observation.gradient(n).to(self.device, dtype) for n, _ in named]
+        b, classes = observation.protocol.num_examples, int(observation.update[adapter.head_weight].shape[0])
         gen = torch.Generator().manual_seed(self.options.seed)
         scale = float(table.std())  # start at the embeddings' own scale (public weights)
         x = (scale * torch.randn(b, length, table.shape[1], generator=gen, dtype=dtype)).to(self.device)
@@ -100,13 +129,13 @@ class TAG(Attack):
                 distance = float(loss.detach())
         except BudgetExceeded:
             ran_out = True
-        with torch.no_grad():
-            unit = x.detach() / x.detach().norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-            rows_unit = table / table.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-            ids = (unit @ rows_unit.T).argmax(-1).cpu()
-        diag = {"gradient_distance": distance, "steps": done, "steps_budget": self.options.steps, "sequence_length": length,
-                "seconds": time.perf_counter() - started, "device": str(self.device)}
-        reason = (f"optimization reached gradient distance {distance:.3g} after {done} steps"
-                  f"{' (time budget)' if ran_out else ''}; tokens are the nearest embedding rows, not a proof")
-        return Reconstruction("partial", reason, sequences=ids.tolist(), labels=soft.argmax(-1).tolist(),
-                              diagnostics=diag)
+        return x.detach(), soft.detach(), distance, done, ran_out
+
+
+def nearest_rows(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """TAG's read-back: each dummy embedding (..., d) as the vocabulary row closest in cosine."""
+    tiny = torch.finfo(table.dtype).tiny
+    with torch.no_grad():
+        unit = x / x.norm(dim=-1, keepdim=True).clamp_min(tiny)
+        rows_unit = table / table.norm(dim=-1, keepdim=True).clamp_min(tiny)
+        return (unit @ rows_unit.T).argmax(-1)

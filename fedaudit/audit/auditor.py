@@ -89,15 +89,17 @@ class Auditor:
     >>> records = auditor.audit(observation, truth)
     """
 
-    def __init__(self, attacks: Sequence[Attack], budget_seconds: float,
-                 sink: Callable[[AttackRecord], None] | None = None) -> None:
+    def __init__(
+        self, attacks: Sequence[Attack], budget_seconds: float, sink: Callable[[AttackRecord], None] | None = None
+    ) -> None:
         self.attacks = list(attacks)
         self.budget_seconds = budget_seconds
         self.sink = sink
 
     @classmethod
-    def for_scenario(cls, audit: AuditConfig, sink: Callable[[AttackRecord], None] | None = None,
-                     names: Sequence[str] | None = None) -> Auditor:
+    def for_scenario(
+        cls, audit: AuditConfig, sink: Callable[[AttackRecord], None] | None = None, names: Sequence[str] | None = None
+    ) -> Auditor:
         """The attacks ``audit.attacks`` (or ``names``) names, with their ``[audit.<name>]`` options."""
         attacks = [REGISTRY.make(name, audit.device, attack_options(audit, name)) for name in (names or audit.attacks)]
         return cls(attacks, audit.budget_seconds, sink)
@@ -113,8 +115,13 @@ class Auditor:
 
     def _audit_one(self, attack: Attack, observation: Observation, truth: GroundTruth | None) -> AttackRecord:
         # The client's reported budget (epsilon, delta) goes with every audit of its update.
-        record = AttackRecord(round=observation.round, client=observation.client, attack=attack.name, status="",
-                              diagnostics=dict(observation.privacy))
+        record = AttackRecord(
+            round=observation.round,
+            client=observation.client,
+            attack=attack.name,
+            status="",
+            diagnostics=dict(observation.privacy),
+        )
         ok, why = attack.applicable(observation)
         if not ok:
             record.status, record.reason = "not_applicable", why
@@ -135,8 +142,9 @@ class Auditor:
         return record
 
     @staticmethod
-    def _verdict(record: AttackRecord, rec: Reconstruction, observation: Observation,
-                 truth: GroundTruth | None) -> None:
+    def _verdict(
+        record: AttackRecord, rec: Reconstruction, observation: Observation, truth: GroundTruth | None
+    ) -> None:
         record.status, record.reason = rec.status, rec.reason
         record.diagnostics.update(rec.diagnostics)
         record.reconstruction = preview(rec, observation.model)

@@ -19,8 +19,9 @@ def check_audit(audit: AuditConfig) -> None:
     unknown ``[audit]`` key, or an options table the attack does not accept."""
     for name in audit.attacks:
         if name not in REGISTRY:
-            raise ConfigError(f"audit.attacks = {audit.attacks!r}: unknown attack {name!r}; "
-                              f"allowed: {', '.join(REGISTRY.names())}")
+            raise ConfigError(
+                f"audit.attacks = {audit.attacks!r}: unknown attack {name!r}; allowed: {', '.join(REGISTRY.names())}"
+            )
     if len(set(audit.attacks)) != len(audit.attacks):
         raise ConfigError(f"audit.attacks = {audit.attacks!r}: an attack is listed twice")
     for key, table in audit.tables().items():

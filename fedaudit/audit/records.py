@@ -193,8 +193,15 @@ def summarize(records: list[Record]) -> list[AttackSummary]:
     for name in dict.fromkeys(r.attack for r in audits):
         mine = [r for r in audits if r.attack == name]
         seconds = [r.seconds for r in mine]
-        out.append(AttackSummary(attack=name, audits=len(mine), statuses=dict(Counter(r.status for r in mine)),
-                                 metrics=mean_metrics(mine), seconds_mean=statistics.mean(seconds),
-                                 seconds_median=statistics.median(seconds),
-                                 peak_mem_mb=max(r.peak_mem_mb for r in mine)))
+        out.append(
+            AttackSummary(
+                attack=name,
+                audits=len(mine),
+                statuses=dict(Counter(r.status for r in mine)),
+                metrics=mean_metrics(mine),
+                seconds_mean=statistics.mean(seconds),
+                seconds_median=statistics.median(seconds),
+                peak_mem_mb=max(r.peak_mem_mb for r in mine),
+            )
+        )
     return out

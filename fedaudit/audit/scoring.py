@@ -24,8 +24,11 @@ def score(rec: Reconstruction, truth: GroundTruth, bundle: ModelBundle) -> dict[
         predicted, reference = _array(rec.inputs), _array(truth.features)
         if predicted.shape[1:] == reference.shape[1:]:  # an inner layer's features have another shape
             schema = bundle.table_schema
-            metrics.update(table_metrics(predicted, reference, schema) if schema is not None
-                           else image_metrics(predicted, reference))
+            metrics.update(
+                table_metrics(predicted, reference, schema)
+                if schema is not None
+                else image_metrics(predicted, reference)
+            )
     if rec.labels is not None:
         metrics["label_accuracy"] = label_accuracy(rec.labels, truth.labels.tolist())
     return metrics

@@ -57,9 +57,8 @@ class TableSchema:
     def decode(self, row: np.ndarray) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for c in self.columns:
-            part = np.asarray(row[c.start:c.stop], dtype=np.float64)
-            out[c.name] = (float(part[0] * c.std + c.mean) if c.kind == "numeric"
-                           else c.categories[int(part.argmax())])
+            part = np.asarray(row[c.start : c.stop], dtype=np.float64)
+            out[c.name] = float(part[0] * c.std + c.mean) if c.kind == "numeric" else c.categories[int(part.argmax())]
         return out
 
     def feature_hits(self, predicted: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -67,7 +66,7 @@ class TableSchema:
         within 1% of the column's range."""
         hits = []
         for c in self.columns:
-            p, r = predicted[c.start:c.stop], reference[c.start:c.stop]
+            p, r = predicted[c.start : c.stop], reference[c.start : c.stop]
             if c.kind == "categorical":
                 hits.append(int(p.argmax()) == int(r.argmax()))
             else:
@@ -102,8 +101,9 @@ class ArrayExamples:
 
     def subset(self, indices: Any) -> ArrayExamples:
         idx = np.asarray([int(i) for i in indices], dtype=np.int64)
-        return ArrayExamples(self.inputs[idx], [self.labels[i] for i in idx], list(self.label_names), self.kind,
-                             self.schema)
+        return ArrayExamples(
+            self.inputs[idx], [self.labels[i] for i in idx], list(self.label_names), self.kind, self.schema
+        )
 
 
 def modality(cfg: DataConfig) -> Literal["text", "image", "table"]:
@@ -117,6 +117,7 @@ def modality(cfg: DataConfig) -> Literal["text", "image", "table"]:
 
 
 # ---------------------------------------------------------------- images
+
 
 def load_images(cfg: DataConfig) -> ArrayExamples:
     source = cfg.source
@@ -185,7 +186,7 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"data.source: {path} is not a uint8 idx file")
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != math.prod(dims):
         raise DataError(f"data.source: {path} is truncated ({body.size} of {math.prod(dims)} values)")
@@ -198,8 +199,7 @@ def _load_idx_pair(path: Path) -> ArrayExamples:
     labels_path = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
     if not labels_path.is_file():
         raise DataError(f"data.source: the labels file {labels_path.name} is not beside {path}")
-    return _images(_to_nchw(_read_idx(path), str(path)), _read_idx(labels_path), [str(d) for d in range(10)],
-                   str(path))
+    return _images(_to_nchw(_read_idx(path), str(path)), _read_idx(labels_path), [str(d) for d in range(10)], str(path))
 
 
 def _load_hub_images(cfg: DataConfig) -> ArrayExamples:
@@ -217,14 +217,16 @@ def _load_hub_images(cfg: DataConfig) -> ArrayExamples:
         raise DataError(f"data.source: {where} has no image column (columns: {', '.join(ds.column_names)})")
     label = cfg.label_column or "label"
     if label not in ds.column_names:
-        raise DataError(f"data.label_column: {label!r} is not a column of {where} "
-                        f"(columns: {', '.join(ds.column_names)})")
+        raise DataError(
+            f"data.label_column: {label!r} is not a column of {where} (columns: {', '.join(ds.column_names)})"
+        )
     images = np.stack([np.asarray(img) for img in ds[image_cols[0]]])
     names = getattr(ds.features[label], "names", None)
     return _images(_to_nchw(images, where), ds[label], list(names) if names else None, where)
 
 
 # ---------------------------------------------------------------- tables
+
 
 def load_table(cfg: DataConfig) -> ArrayExamples:
     """A CSV table: ``data.columns`` names a headerless file's columns, ``data.label_column`` the
@@ -236,16 +238,21 @@ def load_table(cfg: DataConfig) -> ArrayExamples:
         raise DataError(f"data.source: file not found: {path}")
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     with path.open(encoding="utf-8-sig", newline="") as handle:
-        rows = [[cell.strip() for cell in row] for row in csv.reader(handle, delimiter=delimiter)
-                if row and any(cell.strip() for cell in row) and not row[0].startswith("|")]
+        rows = [
+            [cell.strip() for cell in row]
+            for row in csv.reader(handle, delimiter=delimiter)
+            if row and any(cell.strip() for cell in row) and not row[0].startswith("|")
+        ]
     if not rows:
         raise DataError(f"data.source: {path} is empty")
     names = list(cfg.columns) if cfg.columns else rows[0]
     body = rows if cfg.columns and rows[0] != names else rows[1:]
     label = cfg.label_column
     if not label or label not in names:
-        raise DataError(f"data.label_column: {label!r} is not a column of {path} (columns: {', '.join(names)}"
-                        f"{'; set data.columns for a headerless file' if not cfg.columns else ''})")
+        raise DataError(
+            f"data.label_column: {label!r} is not a column of {path} (columns: {', '.join(names)}"
+            f"{'; set data.columns for a headerless file' if not cfg.columns else ''})"
+        )
     for number, row in enumerate(body, start=1):
         if len(row) != len(names):
             raise DataError(f"data.source: {path}: data row {number} has {len(row)} columns, expected {len(names)}")
@@ -279,8 +286,9 @@ def _encode_column(name: str, values: list[str], start: int) -> tuple[Column, np
         array = np.array(numbers, dtype=np.float64)
         mean, std = float(array.mean()), float(array.std()) or 1.0
         filled = np.array([mean if v in MISSING else float(v) for v in values])
-        column = Column(name, "numeric", start, start + 1, mean=mean, std=std, low=float(array.min()),
-                        high=float(array.max()))
+        column = Column(
+            name, "numeric", start, start + 1, mean=mean, std=std, low=float(array.min()), high=float(array.max())
+        )
         return column, ((filled - mean) / std)[:, None]
     categories = tuple(sorted(set(values)))
     lookup = {c: j for j, c in enumerate(categories)}

@@ -91,8 +91,7 @@ def _medical(fake: Faker) -> str:
             f"{fake.random.choice(MEDICATIONS)} for {dx}."
         ),
         lambda: (
-            f"Medical record MRN-{fake.numerify('########')}: {name}, born {born}, "
-            f"history of {dx}; SSN {fake.ssn()}."
+            f"Medical record MRN-{fake.numerify('########')}: {name}, born {born}, history of {dx}; SSN {fake.ssn()}."
         ),
         lambda: f"Lab results for {name} confirm {dx}; call {fake.phone_number()} to book a follow-up.",
     ]
@@ -124,14 +123,8 @@ def _contact(fake: Faker) -> str:
     templates: list[Callable[[], str]] = [
         lambda: f"You can reach {name} at {fake.email()} or {fake.phone_number()}.",
         lambda: f"{name} moved to {_address(fake)}; new phone number {fake.phone_number()}.",
-        lambda: (
-            f"Please send the contract to {name}, {_address(fake)}, and copy "
-            f"{fake.free_email()} on the reply."
-        ),
-        lambda: (
-            f"Emergency contact for {fake.name()}: {name}, mobile {fake.phone_number()}, "
-            f"e-mail {fake.email()}."
-        ),
+        lambda: f"Please send the contract to {name}, {_address(fake)}, and copy {fake.free_email()} on the reply.",
+        lambda: f"Emergency contact for {fake.name()}: {name}, mobile {fake.phone_number()}, e-mail {fake.email()}.",
     ]
     return fake.random.choice(templates)()
 

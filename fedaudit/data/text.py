@@ -57,8 +57,9 @@ def _label_column(cfg: DataConfig) -> str | None:
     return cfg.label_column or None
 
 
-def _build(texts: Sequence[Any], raw_labels: Sequence[Any] | None, where: str,
-           label_names: list[str] | None = None) -> TextExamples:
+def _build(
+    texts: Sequence[Any], raw_labels: Sequence[Any] | None, where: str, label_names: list[str] | None = None
+) -> TextExamples:
     """Strip texts, drop empty ones, and turn raw label values into class indices."""
     keep = [i for i, t in enumerate(texts) if t is not None and str(t).strip()]
     clean = [str(texts[i]).strip() for i in keep]
@@ -102,9 +103,7 @@ def map_labels(values: Sequence[Any], where: str) -> tuple[list[int], list[str]]
     return [lookup[s] for s in strings], names
 
 
-def _missing_column(
-    key: str, column: str, where: str, columns: Iterable[str], hint: str = ""
-) -> DataError:
+def _missing_column(key: str, column: str, where: str, columns: Iterable[str], hint: str = "") -> DataError:
     listed = ", ".join(str(c) for c in columns)
     return DataError(f"data.{key}: {column!r} is not a column of {where} (columns: {listed}){hint}")
 
@@ -128,12 +127,9 @@ def _load_local(cfg: DataConfig) -> TextExamples:
         if suffix in (".jsonl", ".json"):
             return _load_json(cfg, path)
     except UnicodeDecodeError as err:
-        raise DataError(
-            f"data.source: {path} is not UTF-8 text ({err.reason} at byte {err.start})"
-        ) from None
+        raise DataError(f"data.source: {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     raise DataError(
-        f"data.source: unsupported file type {suffix or '(none)'!r} for {path}; "
-        f"use one of {', '.join(LOCAL_SUFFIXES)}"
+        f"data.source: unsupported file type {suffix or '(none)'!r} for {path}; use one of {', '.join(LOCAL_SUFFIXES)}"
     )
 
 
@@ -201,9 +197,7 @@ def _load_json(cfg: DataConfig, path: Path) -> TextExamples:
         # Column-oriented ({"sentence": [...], "label": [...]}) or a wrapper {"data": [...]}.
         if len(whole) > 1 and all(isinstance(v, list) for v in whole.values()):
             length = len(next(iter(whole.values())))
-            records = [
-                {k: v[i] if i < len(v) else None for k, v in whole.items()} for i in range(length)
-            ]
+            records = [{k: v[i] if i < len(v) else None for k, v in whole.items()} for i in range(length)]
         elif isinstance(whole.get("data"), list):
             records = whole["data"]
         else:
@@ -286,8 +280,7 @@ def _load_hub(cfg: DataConfig) -> TextExamples:
         if any(v < 0 for v in raw):
             # GLUE-style test splits mark hidden labels with -1.
             raise DataError(
-                f"data.split = {cfg.split!r}: {cfg.source!r} has no labels in this split; "
-                "use a labelled split"
+                f"data.split = {cfg.split!r}: {cfg.source!r} has no labels in this split; use a labelled split"
             )
         # ClassLabel names ("unacceptable", "acceptable") read better in reports than "0", "1".
         return _build(texts, raw, where, label_names=list(names))

@@ -24,6 +24,22 @@ from fedaudit.federation.server import (
     update_noise_std,
 )
 
-__all__ = ["FederatedData", "build_global_model", "client_shard", "client_update", "encode_examples",
-           "federated_data", "ground_truth", "holdout_batch", "lossy_transforms", "observe", "prepare", "protocol_for",
-           "round_examples", "sample_batches", "secure_sum", "union_truth", "update_noise_std"]
+__all__ = [
+    "FederatedData",
+    "build_global_model",
+    "client_shard",
+    "client_update",
+    "encode_examples",
+    "federated_data",
+    "ground_truth",
+    "holdout_batch",
+    "lossy_transforms",
+    "observe",
+    "prepare",
+    "protocol_for",
+    "round_examples",
+    "sample_batches",
+    "secure_sum",
+    "union_truth",
+    "update_noise_std",
+]

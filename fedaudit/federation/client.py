@@ -24,5 +24,3 @@ def client_update(bundle: ModelBundle, batch: Batch, scenario: Scenario, seed: i
     delta = {k: v.double() - start[k].double() for k, v in update.tensors.items()}
     delta = apply_update_defenses(delta, scenario.defenses, seed)
     return replace(update, tensors={k: (start[k].double() + d).to(start[k].dtype) for k, d in delta.items()})
-
-

@@ -61,8 +61,9 @@ def round_examples(shard: np.ndarray, scenario: Scenario, server_round: int, par
 def build_global_model(scenario: Scenario, examples: Examples) -> ModelBundle:
     """The initial global model: the same weights for the same scenario seed."""
     shape = getattr(examples, "input_shape", None)
-    bundle = build_model(scenario.model, num_labels=examples.num_labels, seed=scenario.federation.seed,
-                         input_shape=shape)
+    bundle = build_model(
+        scenario.model, num_labels=examples.num_labels, seed=scenario.federation.seed, input_shape=shape
+    )
     bundle.table_schema = getattr(examples, "schema", None)  # the feature encoding is public, like the model
     return bundle
 
@@ -84,8 +85,6 @@ def sample_batches(data: FederatedData, scenario: Scenario, count: int, seed: in
     rng = seeded_rng(seed, "attack-batches")
     size = min(scenario.training.batch_size, len(data.train))
     return [np.sort(rng.choice(data.train, size, replace=False)) for _ in range(count)]
-
-
 
 
 def prepare(scenario: Scenario) -> tuple[FederatedData, ModelBundle]:

@@ -23,8 +23,9 @@ from fedaudit.federation.server import ground_truth, observe
 from fedaudit.models import ModelBundle
 
 
-def sampled_updates(scenario: Scenario, data: FederatedData, public: ModelBundle, count: int,
-                    seed: int) -> Iterator[tuple[Observation, GroundTruth]]:
+def sampled_updates(
+    scenario: Scenario, data: FederatedData, public: ModelBundle, count: int, seed: int
+) -> Iterator[tuple[Observation, GroundTruth]]:
     """``count`` client updates from the initial global model, one per sampled batch, each computed
     exactly as a client would, with the server's Observation and the batch's GroundTruth."""
     client = build_global_model(scenario, data.examples)
@@ -33,12 +34,21 @@ def sampled_updates(scenario: Scenario, data: FederatedData, public: ModelBundle
         client.load_state(initial)
         batch = encode_examples(client, data.examples.subset(index), scenario)
         update = client_update(client, batch, scenario, seed=seed * 1_000_003 + k)
-        yield (observe(scenario, 1, f"batch-{k}", public, initial, update.tensors, update.num_examples),
-               ground_truth(batch))
+        yield (
+            observe(scenario, 1, f"batch-{k}", public, initial, update.tensors, update.num_examples),
+            ground_truth(batch),
+        )
 
 
-def evaluate_attack(name: str, scenario: Scenario, data: FederatedData, public: ModelBundle, batches: int,
-                    seed: int, out: Path | None = None) -> dict[str, Any]:
+def evaluate_attack(
+    name: str,
+    scenario: Scenario,
+    data: FederatedData,
+    public: ModelBundle,
+    batches: int,
+    seed: int,
+    out: Path | None = None,
+) -> dict[str, Any]:
     """Run attack ``name`` on ``batches`` client updates; rewrite ``out`` (JSON) after every batch.
 
     Returns ``{"attack", "scenario", "batches": [one row per batch], "aggregate": {...}}``, the
@@ -46,18 +56,29 @@ def evaluate_attack(name: str, scenario: Scenario, data: FederatedData, public: 
     peak memory and status counts.
     """
     auditor = Auditor.for_scenario(scenario.audit, names=[name])
-    result: dict[str, Any] = {"attack": name, "scenario": scenario.model_dump(exclude_none=True), "batches": [],
-                              "aggregate": {}}
+    result: dict[str, Any] = {
+        "attack": name,
+        "scenario": scenario.model_dump(exclude_none=True),
+        "batches": [],
+        "aggregate": {},
+    }
     records: list[AttackRecord] = []
     for k, (observation, truth) in enumerate(sampled_updates(scenario, data, public, batches, seed)):
         records.extend(auditor.audit(observation, truth))
         row = to_json(records[-1])
-        result["batches"].append({"batch": k, **{key: row[key] for key in
-                                                 ("status", "reason", "metrics", "seconds", "peak_mem_mb",
-                                                  "diagnostics")}})
-        summary, = summarize(records)
-        result["aggregate"] = {**summary.metrics, "seconds_median": summary.seconds_median,
-                               "peak_mem_mb": summary.peak_mem_mb, "status_counts": summary.statuses}
+        result["batches"].append(
+            {
+                "batch": k,
+                **{key: row[key] for key in ("status", "reason", "metrics", "seconds", "peak_mem_mb", "diagnostics")},
+            }
+        )
+        (summary,) = summarize(records)
+        result["aggregate"] = {
+            **summary.metrics,
+            "seconds_median": summary.seconds_median,
+            "peak_mem_mb": summary.peak_mem_mb,
+            "status_counts": summary.statuses,
+        }
         if out is not None:
             _write_json(out, result)
     return result

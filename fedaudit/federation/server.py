@@ -26,9 +26,18 @@ LOSSY_TRANSFORMS = ("prune", "quantize")
 
 def protocol_for(scenario: Scenario, num_examples: int, group_size: int = 1) -> Protocol:
     t = scenario.training
-    protocol = Protocol(mode=t.mode, lr=t.lr, local_epochs=t.local_epochs, batch_size=t.batch_size,
-                        mini_batch_size=t.mini_batch_size, max_seq_len=t.max_seq_len, num_examples=num_examples,
-                        optimizer=t.optimizer, group_size=group_size, lossy_transforms=lossy_transforms(scenario))
+    protocol = Protocol(
+        mode=t.mode,
+        lr=t.lr,
+        local_epochs=t.local_epochs,
+        batch_size=t.batch_size,
+        mini_batch_size=t.mini_batch_size,
+        max_seq_len=t.max_seq_len,
+        num_examples=num_examples,
+        optimizer=t.optimizer,
+        group_size=group_size,
+        lossy_transforms=lossy_transforms(scenario),
+    )
     return replace(protocol, noise_std=update_noise_std(scenario, protocol.local_steps) / math.sqrt(group_size))
 
 
@@ -36,8 +45,11 @@ def lossy_transforms(scenario: Scenario) -> tuple[str, ...]:
     """The update defenses in force that change values (pruning at a fraction 0 with no threshold
     changes nothing)."""
     d = scenario.defenses
-    return tuple(k for k in d.order if k in LOSSY_TRANSFORMS
-                 and not (k == "prune" and d.prune.fraction == 0 and d.prune.threshold is None))
+    return tuple(
+        k
+        for k in d.order
+        if k in LOSSY_TRANSFORMS and not (k == "prune" and d.prune.fraction == 0 and d.prune.threshold is None)
+    )
 
 
 def update_noise_std(scenario: Scenario, steps: int) -> float:
@@ -55,12 +67,15 @@ def update_noise_std(scenario: Scenario, steps: int) -> float:
     variance = 0.0
     if d.dp_sgd is not None:
         per_step = d.dp_sgd.noise_multiplier * d.dp_sgd.max_grad_norm
-        variance += ((per_step / t.batch_size) ** 2 if t.mode == "fedsgd"
-                     else (t.lr * per_step / t.mini_batch_size) ** 2 * steps)
+        variance += (
+            (per_step / t.batch_size) ** 2 if t.mode == "fedsgd" else (t.lr * per_step / t.mini_batch_size) ** 2 * steps
+        )
     if d.local_dp is not None:
-        variance += (d.local_dp.sensitivity * math.sqrt(2 * math.log(1.25 / d.local_dp.delta)) / d.local_dp.epsilon) ** 2
+        variance += (
+            d.local_dp.sensitivity * math.sqrt(2 * math.log(1.25 / d.local_dp.delta)) / d.local_dp.epsilon
+        ) ** 2
     if d.noise is not None:
-        variance += d.noise.scale ** 2
+        variance += d.noise.scale**2
     return math.sqrt(variance)
 
 
@@ -69,22 +84,37 @@ def secure_sum(sent: list[dict[str, torch.Tensor]], num_examples: list[int]) -> 
     updates (SecAgg+ sums the updates pre-multiplied by num-examples; the server divides by the
     total), computed here exactly, in float64."""
     total = sum(num_examples)
-    return {k: sum(s[k].double() * (n / total) for s, n in zip(sent, num_examples)).to(sent[0][k].dtype)
-            for k in sent[0]}
+    return {
+        k: sum(s[k].double() * (n / total) for s, n in zip(sent, num_examples)).to(sent[0][k].dtype) for k in sent[0]
+    }
 
 
-def observe(scenario: Scenario, server_round: int, client: str, bundle: ModelBundle,
-            global_weights: dict[str, torch.Tensor], sent: dict[str, torch.Tensor], num_examples: int,
-            group_size: int = 1, privacy: dict[str, float] | None = None) -> Observation:
+def observe(
+    scenario: Scenario,
+    server_round: int,
+    client: str,
+    bundle: ModelBundle,
+    global_weights: dict[str, torch.Tensor],
+    sent: dict[str, torch.Tensor],
+    num_examples: int,
+    group_size: int = 1,
+    privacy: dict[str, float] | None = None,
+) -> Observation:
     """Turn what a client (or a secure-aggregation group) sent into the server's Observation
     (weights become float64 differences)."""
     if scenario.training.mode == "fedsgd":
         update = sent
     else:
         update = {k: sent[k].double() - global_weights[k].double() for k in sent}
-    return Observation(round=server_round, client=client, model=bundle, global_weights=global_weights,
-                       update=update, protocol=protocol_for(scenario, num_examples, group_size),
-                       privacy=privacy or {})
+    return Observation(
+        round=server_round,
+        client=client,
+        model=bundle,
+        global_weights=global_weights,
+        update=update,
+        protocol=protocol_for(scenario, num_examples, group_size),
+        privacy=privacy or {},
+    )
 
 
 def ground_truth(batch: Batch) -> GroundTruth:
@@ -101,8 +131,8 @@ def union_truth(truths: list[GroundTruth]) -> GroundTruth:
     def pad(x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.pad(x, (0, width - x.shape[1]))
 
-    return GroundTruth(labels=torch.cat([t.labels for t in truths]),
-                       input_ids=torch.cat([pad(t.input_ids) for t in truths]),
-                       attention_mask=torch.cat([pad(t.attention_mask) for t in truths]))
-
-
+    return GroundTruth(
+        labels=torch.cat([t.labels for t in truths]),
+        input_ids=torch.cat([pad(t.input_ids) for t in truths]),
+        attention_mask=torch.cat([pad(t.attention_mask) for t in truths]),
+    )

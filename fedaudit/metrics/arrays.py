@@ -22,8 +22,10 @@ EXACT_TOLERANCE = 1e-4
 def match_arrays(predictions: np.ndarray, references: np.ndarray) -> list[tuple[int, int]]:
     """Hungarian pairs (prediction, reference) minimizing the mean squared error."""
     if len(predictions) > len(references):
-        raise ValueError(f"{len(predictions)} reconstructions for {len(references)} references: "
-                         "an attack may return at most one reconstruction per example")
+        raise ValueError(
+            f"{len(predictions)} reconstructions for {len(references)} references: "
+            "an attack may return at most one reconstruction per example"
+        )
     if len(predictions) == 0:
         return []
     p = predictions.reshape(len(predictions), -1).astype(np.float64)

@@ -24,10 +24,13 @@ def _scorer() -> rouge_scorer.RougeScorer:
 def match(predictions: Sequence[str], references: Sequence[str]) -> list[tuple[int, int, dict[str, float]]]:
     """Hungarian matching; returns (prediction index, reference index, ROUGE F1s) per pair."""
     if len(predictions) > len(references):
-        raise ValueError(f"{len(predictions)} predictions for {len(references)} references: "
-                         "an attack may return at most one prediction per example")
-    scores = [[{k: v.fmeasure for k, v in _scorer().score(ref, pred).items()} for ref in references]
-              for pred in predictions]
+        raise ValueError(
+            f"{len(predictions)} predictions for {len(references)} references: "
+            "an attack may return at most one prediction per example"
+        )
+    scores = [
+        [{k: v.fmeasure for k, v in _scorer().score(ref, pred).items()} for ref in references] for pred in predictions
+    ]
     if not scores:
         return []
     gain = np.array([[s["rouge1"] + s["rouge2"] for s in row] for row in scores])

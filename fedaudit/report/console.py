@@ -12,8 +12,14 @@ from fedaudit.audit.records import AttackRecord, ClientError, Record, UtilityRec
 from fedaudit.config import Scenario
 from fedaudit.report.summary import format_metrics
 
-STATUS_STYLE = {"exact": "bold red", "partial": "yellow", "failed": "green", "not_applicable": "dim",
-                "error": "magenta", "timeout": "magenta"}
+STATUS_STYLE = {
+    "exact": "bold red",
+    "partial": "yellow",
+    "failed": "green",
+    "not_applicable": "dim",
+    "error": "magenta",
+    "timeout": "magenta",
+}
 
 
 class RoundConsole:
@@ -30,10 +36,13 @@ class RoundConsole:
             self.console.print(
                 f"\\[round {record.round}/{total}] client {escape(record.client)} "
                 f"{record.attack}: [{style}]{record.status}[/] {format_metrics(record.metrics)} "
-                f"({record.seconds:.2f} s)")
+                f"({record.seconds:.2f} s)"
+            )
         elif isinstance(record, ClientError):
-            self.console.print(f"\\[round {record.round}/{total}] client {escape(record.client)} failed: "
-                               f"{escape(record.reason)}", style="magenta")
+            self.console.print(
+                f"\\[round {record.round}/{total}] client {escape(record.client)} failed: {escape(record.reason)}",
+                style="magenta",
+            )
 
     def round_done(self, server_round: int) -> None:
         records = self._rounds.pop(server_round, [])
@@ -57,7 +66,8 @@ class RoundConsole:
             cells = []
             for name in attacks:
                 r = by_client[client].get(name)
-                cells.append("" if r is None else
-                             f"[{STATUS_STYLE.get(r.status, '')}]{r.status}[/] {format_metrics(r.metrics)}")
+                cells.append(
+                    "" if r is None else f"[{STATUS_STYLE.get(r.status, '')}]{r.status}[/] {format_metrics(r.metrics)}"
+                )
             table.add_row(escape(client), *cells)
         self.console.print(table)

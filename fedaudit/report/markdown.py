@@ -78,17 +78,28 @@ def render_report(run_dir: str | Path) -> str:
     rounds: dict[int, list] = defaultdict(list)
     for r in audits:
         rounds[r.round].append(r)
-    env = Environment(loader=PackageLoader("fedaudit.report", "templates"), undefined=StrictUndefined,
-                      autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = Environment(
+        loader=PackageLoader("fedaudit.report", "templates"),
+        undefined=StrictUndefined,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.filters["md"] = md_escape
     env.filters["metrics"] = format_metrics
     env.filters["epsilon"] = lambda e: str(e) if isinstance(e, str) else f"{e:.3g}"
     return env.get_template("report.template.md").render(
-        run_id=run_dir.name, scenario=scenario, defenses=defenses_line(scenario) if scenario else "",
-        summaries=summarize(records), utility=utility,
+        run_id=run_dir.name,
+        scenario=scenario,
+        defenses=defenses_line(scenario) if scenario else "",
+        summaries=summarize(records),
+        utility=utility,
         accuracy_line=sparkline([u.metrics["accuracy"] for u in utility]),
         loss_line=sparkline([u.metrics["loss"] for u in utility]),
-        rounds=sorted(rounds.items()), errors=client_errors(records), completed_rounds=rounds_completed(records),
+        rounds=sorted(rounds.items()),
+        errors=client_errors(records),
+        completed_rounds=rounds_completed(records),
     )
 
 

@@ -49,8 +49,9 @@ from fedaudit.training.local import Batch, DPSteps, LocalUpdate, local_optimizer
 PRV_MAX_POINTS = 10_000_000
 
 
-def dp_local_update(bundle: ModelBundle, batch: Batch, training: TrainingConfig, dp: DPSGDConfig,
-                    seed: int) -> LocalUpdate:
+def dp_local_update(
+    bundle: ModelBundle, batch: Batch, training: TrainingConfig, dp: DPSGDConfig, seed: int
+) -> LocalUpdate:
     """The round's local training under DP-SGD: FedSGD sends the privatized gradient of the whole
     batch, FedAvg the weights after DP-SGD steps of the local optimizer."""
     model = bundle.model
@@ -62,9 +63,13 @@ def dp_local_update(bundle: ModelBundle, batch: Batch, training: TrainingConfig,
     n = len(batch)
     fedsgd = training.mode == "fedsgd"
     m = n if fedsgd else min(training.mini_batch_size, n)
-    optimizer = DPOptimizer(local_optimizer(params, training), noise_multiplier=dp.noise_multiplier,
-                            max_grad_norm=dp.max_grad_norm, expected_batch_size=m,
-                            generator=torch.Generator().manual_seed(seed))
+    optimizer = DPOptimizer(
+        local_optimizer(params, training),
+        noise_multiplier=dp.noise_multiplier,
+        max_grad_norm=dp.max_grad_norm,
+        expected_batch_size=m,
+        generator=torch.Generator().manual_seed(seed),
+    )
     # Hooks on the model's own submodules (strict=False: constant buffers such as BERT's
     # position_ids are not state that per-example gradients would miss; BatchNorm-like layers
     # were rejected above). The model is unwrapped again whatever happens.
@@ -82,21 +87,35 @@ def dp_local_update(bundle: ModelBundle, batch: Batch, training: TrainingConfig,
         optimizer.zero_grad(set_to_none=True)
     finally:
         grad_sample.to_standard_module()
-    return LocalUpdate("weights", {k: v.clone() for k, v in bundle.trainable_state().items()}, n, steps,
-                       sum(losses) / max(len(losses), 1), DPSteps(dp.noise_multiplier, m / n, steps))
+    return LocalUpdate(
+        "weights",
+        {k: v.clone() for k, v in bundle.trainable_state().items()},
+        n,
+        steps,
+        sum(losses) / max(len(losses), 1),
+        DPSteps(dp.noise_multiplier, m / n, steps),
+    )
 
 
-def _dp_steps(bundle: ModelBundle, batch: Batch, training: TrainingConfig, dp: DPSGDConfig,
-              optimizer: DPOptimizer, params: list[torch.nn.Parameter], m: int,
-              seed: int) -> tuple[int, list[float]]:
+def _dp_steps(
+    bundle: ModelBundle,
+    batch: Batch,
+    training: TrainingConfig,
+    dp: DPSGDConfig,
+    optimizer: DPOptimizer,
+    params: list[torch.nn.Parameter],
+    m: int,
+    seed: int,
+) -> tuple[int, list[float]]:
     """FedAvg's local DP-SGD steps; returns (steps, losses of the non-empty steps)."""
     n = len(batch)
     generator = torch.Generator().manual_seed(seed)
     steps, losses = 0, []
     for _ in range(training.local_epochs):
         if dp.poisson_sampling:
-            draws = [torch.nonzero(torch.rand(n, generator=generator) < m / n).flatten()
-                     for _ in range(math.ceil(n / m))]
+            draws = [
+                torch.nonzero(torch.rand(n, generator=generator) < m / n).flatten() for _ in range(math.ceil(n / m))
+            ]
         else:
             draws = list(torch.randperm(n, generator=generator).split(m))
         for chunk in draws:
@@ -134,8 +153,12 @@ def epsilon(steps: DPSteps, rounds: int, dp: DPSGDConfig) -> float:
             reason = f"its grid would exceed {PRV_MAX_POINTS} points"
         except (RuntimeError, ValueError, FloatingPointError) as err:
             reason = str(err)
-        warnings.warn(f"defenses.dp_sgd.accountant = 'prv': sigma = {steps.noise_multiplier} is too small for "
-                      f"PRV ({reason}); reporting the RDP bound", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"defenses.dp_sgd.accountant = 'prv': sigma = {steps.noise_multiplier} is too small for "
+            f"PRV ({reason}); reporting the RDP bound",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return _accountant_epsilon("rdp", history, dp.delta)
 
 

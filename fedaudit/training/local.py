@@ -48,8 +48,12 @@ class Batch:
         return {k: v for k, v in self.tensors().items() if v is not None and k != "labels"}
 
     def tensors(self) -> dict[str, torch.Tensor | None]:
-        return {"labels": self.labels, "input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                "features": self.features}
+        return {
+            "labels": self.labels,
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "features": self.features,
+        }
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], labels: list[int], max_seq_len: int) -> Batch:
@@ -123,8 +127,10 @@ def _gradients(bundle: ModelBundle, batch: Batch) -> tuple[dict[str, torch.Tenso
     bundle.model.zero_grad(set_to_none=True)
     loss = loss_fn(bundle, batch)
     loss.backward()
-    grads = {n: (params[n].grad.detach().clone() if params[n].grad is not None
-                 else torch.zeros_like(params[n])) for n in trainable}
+    grads = {
+        n: (params[n].grad.detach().clone() if params[n].grad is not None else torch.zeros_like(params[n]))
+        for n in trainable
+    }
     bundle.model.zero_grad(set_to_none=True)
     return grads, loss.item()
 
@@ -151,8 +157,13 @@ def fedavg(bundle: ModelBundle, batch: Batch, training: TrainingConfig, seed: in
             optimizer.step()
             steps, losses = steps + 1, losses + [loss.item()]
     optimizer.zero_grad(set_to_none=True)
-    return LocalUpdate("weights", {k: v.clone() for k, v in bundle.trainable_state().items()},
-                       len(batch), steps, sum(losses) / len(losses))
+    return LocalUpdate(
+        "weights",
+        {k: v.clone() for k, v in bundle.trainable_state().items()},
+        len(batch),
+        steps,
+        sum(losses) / len(losses),
+    )
 
 
 @torch.no_grad()

@@ -8,8 +8,9 @@ from fedaudit.training.dp import dp_local_update
 from fedaudit.training.local import Batch, LocalUpdate, fedavg, fedsgd
 
 
-def local_update(bundle: ModelBundle, batch: Batch, training: TrainingConfig, seed: int,
-                 dp: DPSGDConfig | None = None) -> LocalUpdate:
+def local_update(
+    bundle: ModelBundle, batch: Batch, training: TrainingConfig, seed: int, dp: DPSGDConfig | None = None
+) -> LocalUpdate:
     """What a client computes from the global weights already loaded into ``bundle``
     (with ``dp``: DP-SGD through Opacus)."""
     bundle.model.train()
