@@ -9,6 +9,7 @@ import torch
 
 from fedaudit.attacks import REGISTRY, Budget, Observation
 from fedaudit.attacks.dager import Dager, layer1_residuals, layer1_terms
+from fedaudit.attacks.dager.setup import build_setup
 from fedaudit.audit.auditor import Auditor
 from fedaudit.audit.scoring import score
 from tests.helpers import client_updates, scenario
@@ -96,8 +97,7 @@ def test_exact_recovery_from_lora_factors_in_round_one(cola_path) -> None:
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
 def test_adapter_inputs_equal_what_the_model_feeds_its_query_projections(cola_path, family) -> None:
     observation, truth = _updates(cola_path, *TINY[family])[0]
-    attack = Dager(device="cpu")
-    setup = attack._setup(observation)
+    setup = build_setup(observation, torch.device("cpu"))
     model = setup.model
     seen: dict[int, torch.Tensor] = {}
     handles = [

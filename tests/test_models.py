@@ -14,8 +14,13 @@ SENTENCES = ["Patient Maria Lopez was diagnosed with asthma.", "Card 4111 1111 1
 
 TINY = {
     "gpt2-random": {"n_layer": 1, "n_embd": 64, "n_head": 2},
-    "llama-random": {"num_hidden_layers": 1, "hidden_size": 64, "intermediate_size": 128,
-                     "num_attention_heads": 4, "num_key_value_heads": 2},
+    "llama-random": {
+        "num_hidden_layers": 1,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
     "bert-random": {"num_hidden_layers": 1, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2},
 }
 
@@ -29,8 +34,9 @@ def test_packaged_gpt2_bpe_matches_the_reference_files(data_dir) -> None:
 
 
 def test_tokenizer_folder_override(data_dir) -> None:
-    bundle = build_model(ModelConfig(name="gpt2-random", config=TINY["gpt2-random"],
-                                     tokenizer=str(data_dir / "tokenizers" / "gpt2")))
+    bundle = build_model(
+        ModelConfig(name="gpt2-random", config=TINY["gpt2-random"], tokenizer=str(data_dir / "tokenizers" / "gpt2"))
+    )
     assert bundle.tokenizer("hello world")["input_ids"] == [31373, 995]
 
 
@@ -51,7 +57,8 @@ def test_random_models_build_deterministically_and_adapters_match_the_model(name
     logits = a.model(**enc).logits
     assert logits.shape[-1] == (3 if task == "classification" else len(a.tokenizer))
     assert params[adapter.head_weight].shape[0] == logits.shape[-1]
-    assert adapter.positions == ("rotary" if name == "llama-random" else "absolute")
+    # rotary models have no position-embedding table: their first layer reads the token alone
+    assert (adapter.first_input.positions is None) == (name == "llama-random")
     if task == "classification":
         assert (adapter.head_bias is not None) == (name == "bert-random")
 

@@ -125,7 +125,6 @@ class Adapter:
     """Parameter name of the token-embedding matrix (vocab x d); None for image and table models."""
     tied_embeddings: bool = False
     """True when the output layer reuses the embedding matrix (its gradient then touches every row)."""
-    positions: Literal["absolute", "rotary", "none"] = "none"
     num_layers: int = 0
     first_input: FirstLayerInput | None = None
     attention_inputs: tuple[AttentionInput, ...] = ()
@@ -170,13 +169,15 @@ def _projection(model: nn.Module, family: Family, module: nn.Module) -> Projecti
         key = next(iter(module.lora_A))
         lora_a = _param_name(model, module.lora_A[key].weight)
         lora_b = _param_name(model, module.lora_B[key].weight)
-    return Projection(weight=_param_name(model, base.weight), in_features_first=family == "gpt2",
-                      lora_a=lora_a, lora_b=lora_b)
+    return Projection(
+        weight=_param_name(model, base.weight), in_features_first=family == "gpt2", lora_a=lora_a, lora_b=lora_b
+    )
 
 
 def _attention_input(model: nn.Module, family: Family, readers: list[nn.Module]) -> AttentionInput:
-    return AttentionInput(module=_module_name(model, readers[0]),
-                          projections=tuple(_projection(model, family, m) for m in readers))
+    return AttentionInput(
+        module=_module_name(model, readers[0]), projections=tuple(_projection(model, family, m) for m in readers)
+    )
 
 
 def _first_input(model: nn.Module, core: nn.Module, family: Family, first_block: nn.Module) -> FirstLayerInput:
@@ -219,7 +220,6 @@ def adapter_for(model: PreTrainedModel, task: Literal["classification", "causal-
         tied_embeddings=output is not None and output.weight is embedding,
         head_weight=_param_name(model, head.weight),
         head_bias=_param_name(model, head.bias) if head.bias is not None else None,
-        positions="rotary" if family == "llama" else "absolute",
         signed_head_features=True,
         num_layers=len(blocks),
         first_input=_first_input(model, core, family, blocks[0]),
@@ -235,12 +235,22 @@ def dense_adapter(model: nn.Module, family: Family) -> Adapter:
     for i, module in enumerate(modules):
         if isinstance(module, nn.Linear):
             follows = modules[i + 1] if i + 1 < len(modules) else None
-            layers.append(DenseLayer(
-                module=_module_name(model, module), weight=_param_name(model, module.weight),
-                bias=_param_name(model, module.bias) if module.bias is not None else None,
-                relu_after=isinstance(follows, nn.ReLU), reads_input=family == "mlp" and not layers))
+            layers.append(
+                DenseLayer(
+                    module=_module_name(model, module),
+                    weight=_param_name(model, module.weight),
+                    bias=_param_name(model, module.bias) if module.bias is not None else None,
+                    relu_after=isinstance(follows, nn.ReLU),
+                    reads_input=family == "mlp" and not layers,
+                )
+            )
     head = model.head
-    return Adapter(family=family, task="classification", head_weight=_param_name(model, head.weight),
-                   head_bias=_param_name(model, head.bias) if head.bias is not None else None,
-                   # an MLP without hidden layers feeds the raw (possibly signed) input to the head
-                   signed_head_features=not layers and family == "mlp", dense_layers=tuple(layers))
+    return Adapter(
+        family=family,
+        task="classification",
+        head_weight=_param_name(model, head.weight),
+        head_bias=_param_name(model, head.bias) if head.bias is not None else None,
+        # an MLP without hidden layers feeds the raw (possibly signed) input to the head
+        signed_head_features=not layers and family == "mlp",
+        dense_layers=tuple(layers),
+    )

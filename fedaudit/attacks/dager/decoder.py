@@ -1,0 +1,77 @@
+"""Decoders (DAGER, Sec. 5.2): the layer-2 input at position t depends only on tokens <= t, so
+sentences grow left to right, keeping the extensions whose layer-2 input passes the span check."""
+
+from __future__ import annotations
+
+import torch
+
+from fedaudit.attacks.dager.search import Search
+from fedaudit.attacks.dager.span import CHUNK_BYTES
+
+
+class DecoderSearch(Search):
+    """Grow every prefix by every candidate of the next position in one batched call (Sec. 5.2)."""
+
+    def run(self) -> None:
+        setup, device = self.setup, self.setup.device
+        first = self.candidates[0].to(device)
+        if first.numel() == 0:
+            return
+        x, keys, values = setup.probe.start(first[:, None])
+        res = setup.span2.residual(x[:, 0])
+        keep = self._cap(res, res < self.tau)
+        prefixes = first[keep][:, None]
+        worst = res[keep]
+        keys, values = keys[keep], values[keep]
+        for t in range(1, setup.max_len):
+            self.budget.check()
+            cand = self.candidates[t].to(device)
+            if prefixes.shape[0] == 0:
+                break
+            if cand.numel() == 0:
+                self._finish(prefixes, worst)
+                return
+            parent, token, res, k_new, v_new = self._extend(keys, values, cand)
+            ok = res < self.tau
+            if self.rotary:
+                # With rotary positions, attention over copies of one token returns that token's
+                # value at every position, so "A A ... A" reads exactly like "A" at layer 2 and
+                # always passes: such repeats are unobservable and not grown.
+                uniform = (prefixes == prefixes[:, :1]).all(1)
+                ok &= ~(uniform[parent] & (token == prefixes[parent, 0]))
+            ok = self._cap(res, ok)
+            ended = torch.ones(prefixes.shape[0], dtype=torch.bool, device=device)
+            ended[parent[ok]] = False
+            self._finish(prefixes[ended], worst[ended])
+            parent, token, res = parent[ok], token[ok], res[ok]
+            prefixes = torch.cat([prefixes[parent], token[:, None]], dim=1)
+            worst = torch.maximum(worst[parent], res)
+            keys, values = k_new[ok], v_new[ok]
+        self._finish(prefixes, worst)
+
+    def _extend(self, keys: torch.Tensor, values: torch.Tensor, cand: torch.Tensor):
+        """Every prefix x every candidate, in memory-bounded chunks over cached first-layer states."""
+        n_pref, n_cand = keys.shape[0], cand.numel()
+        parent = torch.arange(n_pref, device=cand.device).repeat_interleave(n_cand)
+        token = cand.repeat(n_pref)
+        row_bytes = (
+            3 * (keys[0].numel() + values[0].numel()) * keys.element_size() + 64 * keys.shape[1] * keys.shape[-1] * 8
+        )
+        rows = max(1, CHUNK_BYTES // row_bytes)
+        res, ks, vs = [], [], []
+        for start in range(0, parent.numel(), rows):
+            self.budget.check()
+            p, tok = parent[start : start + rows], token[start : start + rows]
+            x, k, v = self.setup.probe.extend(tok[:, None], keys[p], values[p])
+            res.append(self.setup.span2.residual(x[:, -1]))
+            ks.append(k)
+            vs.append(v)
+        return parent, token, torch.cat(res), torch.cat(ks), torch.cat(vs)
+
+    def _finish(self, prefixes: torch.Tensor, worst: torch.Tensor) -> None:
+        for seq, w in zip(prefixes.tolist(), worst.tolist()):
+            self.found.append((seq, w))
+
+    def explained(self) -> int:
+        """Distinct prefixes of the verified sentences: each is one distinct layer-2 input vector."""
+        return len({tuple(seq[:t]) for seq, _ in self.found for t in range(1, len(seq) + 1)})

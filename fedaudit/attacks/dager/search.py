@@ -1,0 +1,69 @@
+"""Layer 2: what a sentence search needs, and what every search shares (a capped, ranked list of
+verified sentences). The decoder and encoder searches are ``decoder.py`` and ``encoder.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedaudit.attacks.base import Budget
+from fedaudit.attacks.dager.layer1 import FirstInputs
+from fedaudit.attacks.dager.span import Span
+from fedaudit.models.probe import Layer2Probe
+
+
+@dataclass
+class Setup:
+    span1: Span
+    span2: Span
+    model: nn.Module
+    probe: Layer2Probe
+    """The model's own forward, stopped at the second attention layer's input."""
+    first: FirstInputs
+    max_len: int
+    vocab: int
+    device: torch.device
+
+
+class Search:
+    def __init__(
+        self,
+        setup: Setup,
+        tau: float,
+        candidates: list[torch.Tensor],
+        rotary: bool,
+        tokenizer: Any,
+        budget: Budget,
+        limit: int,
+    ) -> None:
+        self.setup, self.tau, self.rotary, self.tokenizer, self.budget = setup, tau, rotary, tokenizer, budget
+        self.limit = max(1, limit)
+        """The client's example count: no length has more distinct prefixes than that."""
+        if rotary:  # one position-free token set serves every position
+            pool = candidates[0]
+            self.candidates = [pool] * setup.max_len
+        else:
+            self.candidates = candidates
+        self.found: list[tuple[list[int], float]] = []
+        """Verified sentences with their largest layer-2 residual."""
+        self.rejected: list[tuple[list[int], float]] = []
+        """Best unverified guesses (encoders), used only to fill up to B when verification falls short."""
+
+    def best(self) -> list[list[int]]:
+        """At most ``limit`` distinct sentences: verified ones first, each group closest to the span first."""
+        ranked = sorted(self.found, key=lambda item: item[1])
+        ranked += sorted(self.rejected, key=lambda item: item[1])
+        out: list[list[int]] = []
+        for seq, _ in ranked:
+            if seq not in out:
+                out.append(seq)
+        return out[: self.limit]
+
+    def _cap(self, res: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """No length has more distinct prefixes than examples: keep the ``limit`` closest to the span."""
+        if int(keep.sum()) > self.limit:
+            keep = keep & (res <= res[keep].kthvalue(self.limit).values)
+        return keep

@@ -1,0 +1,143 @@
+"""DAGER's set-up: the spans of both attention layers' inputs (full weights or LoRA factors),
+the rounding floor of the update as it arrived, and a private copy of the model at the weights
+the candidates are formed at (the global weights, or the FedAvg midpoint)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from fedaudit.attacks.base import Observation
+from fedaudit.attacks.dager.layer1 import FirstInputs
+from fedaudit.attacks.dager.search import Setup
+from fedaudit.attacks.dager.span import F64, Span, estimate_span
+from fedaudit.models.probe import Layer2Probe
+
+if TYPE_CHECKING:
+    from fedaudit.models.adapters import AttentionInput
+
+
+def input_span(
+    observation: Observation, entry: AttentionInput, floor: float, layer: int, device: torch.device, min_rank: int = 0
+) -> Span:
+    """The span of one attention layer's inputs, from the full weights or from LoRA factors.
+
+    Full weights: the query, key and value gradients side by side (all read the same input).
+    LoRA adds B A x to a projection. dL/dA = s B^T dY^T X lies in span(X) but has rank <= r;
+    dL/dB = s dY^T (X A^T) sees the inputs only through A (r dimensions). While B = 0 (peft's
+    initialization, so in round 1) dL/dA is exactly zero and dL/dB is used: the check runs on
+    A x in R^r. Once B != 0, dL/dA spans the inputs in full dimension. Either way the factors
+    separate inputs only while the batch holds fewer than r token vectors (r > B*n).
+    """
+    noise = observation.gradient_noise_std
+    drift = observation.protocol.mode == "fedavg" and observation.protocol.local_epochs > 1
+    for proj in entry.projections:
+        if proj.lora_a is None or proj.lora_a not in observation.update:
+            continue
+        if not bool(observation.global_weights[proj.lora_b].any()):
+            a = observation.global_weights[proj.lora_a].to(device, F64)
+            grad_b = observation.gradient(proj.lora_b)  # (out, r)
+            return estimate_span(
+                grad_b.T.to(device),
+                floor,
+                input_map=a,
+                noise_std=noise,
+                drift=drift,
+                source=f"{proj.lora_b} (layer {layer}; LoRA B = 0, so inputs are seen as A x)",
+            )
+        return estimate_span(
+            observation.gradient(proj.lora_a).T.to(device),
+            floor,
+            noise_std=noise,
+            drift=drift,
+            source=f"{proj.lora_a} (layer {layer})",
+        )
+    grads = [observation.gradient(p.weight) for p in entry.projections if p.weight in observation.update]
+    grads = [g if p.in_features_first else g.T for p, g in zip(entry.projections, grads)]
+    names = ", ".join(p.weight for p in entry.projections if p.weight in observation.update)
+    return estimate_span(
+        torch.cat(grads, dim=1).to(device),
+        floor,
+        source=f"{names} (layer {layer})",
+        min_rank=min_rank,
+        noise_std=noise,
+        drift=drift,
+    )
+
+
+def midpoint_model(observation: Observation, device: torch.device) -> nn.Module:
+    """A private copy of the global model, or for FedAvg of the midpoint of the local
+    trajectory W_0 + (W_E - W_0) / 2 (see module doc)."""
+    weights = dict(observation.global_weights)
+    if not observation.exact_gradient:
+        weights.update({name: weights[name].double() + 0.5 * delta for name, delta in observation.update.items()})
+    return observation.model_at(weights, device).model
+
+
+def first_inputs(model: nn.Module, observation: Observation, max_len: int) -> FirstInputs:
+    """A snapshot of the first layer's inputs (copies: the layer-1 terms computed from them
+    may be kept for the next observation, ``Dager._layer1_terms``, and must not hold on to the
+    whole private model)."""
+    spec = observation.model.adapter.first_input
+    params = dict(model.named_parameters())
+    tokens = params[observation.model.adapter.embedding].detach().clone()
+    d = tokens.shape[1]
+    if spec.positions is not None:
+        positions = params[spec.positions].detach()[:max_len].to(F64, copy=True)
+    else:
+        positions = torch.zeros(1, d, dtype=F64, device=tokens.device)
+    if spec.offset is not None:
+        positions = positions + params[spec.offset].detach()[0].to(F64)
+    return FirstInputs(
+        tokens=tokens,
+        positions=positions,
+        weight=params[spec.norm_weight].detach().clone(),
+        bias=params[spec.norm_bias].detach().clone() if spec.norm_bias else None,
+        eps=spec.norm_eps,
+        centered=spec.norm_kind == "layernorm",
+    )
+
+
+def rounding_floor(observation: Observation) -> float:
+    """Relative rounding noise of the update as it arrived.
+
+    FedSGD sends the gradient in the model's dtype: eps of that dtype. FedAvg sends weights;
+    their difference carries half an ulp of each weight, which relative to the update is
+    eps * |W| / |W_E - W_0| (largest entries), far above eps when lr is small.
+    """
+    eps = float(torch.finfo(observation.model.dtype).eps)
+    if observation.exact_gradient and observation.protocol.mode == "fedsgd":
+        return eps
+    weights = max(float(w.abs().max()) for w in observation.global_weights.values() if w.numel())
+    update = max(float(u.abs().max()) for u in observation.update.values() if u.numel())
+    return min(1.0, eps * weights / max(update, torch.finfo(F64).tiny))
+
+
+def build_setup(observation: Observation, device: torch.device) -> Setup:
+    """Both spans, a private model at the right weights, its probe and the first layer's inputs."""
+    adapter = observation.model.adapter
+    floor = rounding_floor(observation)
+    span1 = input_span(observation, adapter.attention_inputs[0], floor, 1, device)
+    # Layer 2 reads one vector per distinct prefix (decoders) or position (encoders): never
+    # fewer than the distinct (token, position) inputs layer 1 saw.
+    span2 = input_span(observation, adapter.attention_inputs[1], floor, 2, device, min_rank=span1.rank)
+    span1.centered = span2.centered = adapter.first_input.norm_kind == "layernorm"
+    model = midpoint_model(observation, device)
+    max_len = observation.protocol.max_seq_len
+    spec = adapter.first_input
+    if spec.positions is not None:
+        max_len = min(max_len, int(model.get_parameter(spec.positions).shape[0]))
+    first = first_inputs(model, observation, max_len)
+    probe = Layer2Probe(model, adapter.attention_inputs[1].module)
+    return Setup(
+        span1=span1,
+        span2=span2,
+        model=model,
+        probe=probe,
+        first=first,
+        max_len=max_len,
+        vocab=int(first.tokens.shape[0]),
+        device=device,
+    )

@@ -1,0 +1,72 @@
+"""Watching a transformer's own forward pass: the input of its second attention layer.
+
+DAGER checks candidate sentences against the span of the second attention layer's input. That
+input is whatever the model computes after its first block, so the probe runs the model itself
+(no copied forward code) and stops it at the second query projection with a forward pre-hook.
+Decoders carry the first layer's keys and values of each prefix in the model's own KV cache, so
+extending a prefix by one token costs one token's forward, whatever the prefix length. The
+cache is transformers' ``DynamicCache``: only this module knows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+
+class _Captured(Exception):
+    def __init__(self, value: torch.Tensor) -> None:
+        self.value = value
+
+
+class Layer2Probe:
+    """Runs ``model`` up to ``module`` (the second attention layer's query projection, an
+    ``AttentionInput.module`` of the adapter) and returns what that projection reads."""
+
+    def __init__(self, model: nn.Module, module: str) -> None:
+        self.model = model
+        self.module = module
+
+    def inputs(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, n, d) second-layer inputs of whole sequences (B, n)."""
+        return self._run(input_ids, None)
+
+    def start(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Second-layer inputs of prefixes (B, n) read from scratch, with the first layer's keys
+        and values of those prefixes (to ``extend`` them later)."""
+        cache = DynamicCache()
+        x = self._run(input_ids, cache)
+        return x, cache.layers[0].keys, cache.layers[0].values
+
+    def extend(
+        self, input_ids: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Second-layer inputs of ``input_ids`` (B, m) appended to prefixes whose first-layer
+        ``keys``/``values`` are given (one prefix per row), and the extended keys and values."""
+        cache = DynamicCache(ddp_cache_data=[(keys, values)])
+        x = self._run(input_ids, cache)
+        return x, cache.layers[0].keys, cache.layers[0].values
+
+    @contextmanager
+    def _hooked(self) -> Iterator[None]:
+        def stop(_module: nn.Module, args: tuple) -> None:
+            raise _Captured(args[0])
+
+        handle = self.model.get_submodule(self.module).register_forward_pre_hook(stop)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _run(self, input_ids: torch.Tensor, cache: DynamicCache | None) -> torch.Tensor:
+        mask = None if cache is not None else torch.ones_like(input_ids)
+        with self._hooked(), torch.no_grad():
+            try:
+                self.model(input_ids=input_ids, attention_mask=mask, past_key_values=cache, use_cache=cache is not None)
+            except _Captured as captured:
+                return captured.value
+        raise RuntimeError(f"the forward pass never reached {self.module}")
