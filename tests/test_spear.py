@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from fedaudit.attacks.base import Budget
-from fedaudit.attacks.spear import F64, Spear, _Pool, factor, missing_direction, missing_pair, row_directions
+from fedaudit.attacks.spear import Spear
+from fedaudit.attacks.spear.completion import missing_direction, missing_pair, row_directions
+from fedaudit.attacks.spear.factors import F64, factor
+from fedaudit.attacks.spear.pool import Pool
 from fedaudit.audit.scoring import score
 from fedaudit.config import DataConfig
 from fedaudit.data import load_examples
@@ -110,7 +113,7 @@ def test_neurons_on_for_one_example_give_its_column(data_dir) -> None:
     assert examples <= set(torch.nonzero(match.amax(1) > 1 - 1e-8).flatten().tolist())
     # the pool keeps a row-read column only when its input reproduces its zero set; peeling those
     # examples out of the rows of L gives columns of examples with no single-example neuron
-    pool = _Pool(f, weight, bias)
+    pool = Pool(f, weight, bias)
     found, p = row_directions(f, pool.basis, pool.inputs_map, bias, f.L)
     pool.add(found, torch.empty(0), [torch.empty(0, dtype=torch.long)] * found.shape[1], p)
     first = (q.T @ pool.matrix).abs().amax(1) > 1 - 1e-8
