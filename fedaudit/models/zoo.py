@@ -99,10 +99,17 @@ class ModelBundle:
         (default: this bundle's), in eval mode. This bundle and ``weights`` are left as they were;
         tokenizer and adapter are shared (read-only)."""
         dtype = dtype or self.dtype
-        model = copy.deepcopy(self.model).to(dtype)
+        # Parameters about to be overwritten are not copied, only allocated (the deep copy's memo
+        # maps each to a fresh empty one): a copy costs one model's memory and one pass, not two.
+        memo: dict[int, Any] = {}
+        for name, param in self.model.named_parameters():
+            if name in weights and id(param) not in memo:
+                empty = torch.empty(param.shape, dtype=dtype, device=device)
+                memo[id(param)] = nn.Parameter(empty, requires_grad=param.requires_grad)
+        model = copy.deepcopy(self.model, memo).to(device=device, dtype=dtype)
         bundle = replace(self, model=model, dtype=dtype)
         bundle.load_state(weights)
-        model.to(device).eval()
+        model.eval()
         return bundle
 
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
