@@ -34,8 +34,14 @@ the weight drift that is the input plus one drift direction, so the span keeps t
 inputs' rank (``estimate_span(drift=True)``).
 Candidates are formed at the midpoint weights W_0 + (W_E - W_0)/2, so a true input sits as far
 from the span as the weights moved between its step and the midpoint; the layer-2 threshold is
-calibrated on that distance as measured on the first position (``Dager._attack``). Approximate:
-such results are ``partial`` with the reason. LoRA: see ``_input_span``.
+calibrated on that distance as measured on the first position (``Dager._layer2_threshold``).
+Approximate: such results are ``partial`` with the reason. LoRA: see ``setup.input_span``.
+
+The parts, one file each: ``span`` (the span check and thresholds), ``layer1`` (every token at
+every position, in Gram form), ``setup`` (spans, rounding floor, the private model at the right
+weights), ``decoder`` and ``encoder`` (the layer-2 searches over ``search.Search``), ``verdict``
+(status and reasons) and ``attack`` (the ``Dager`` class). The model's own forward up to layer 2
+is observed through ``fedaudit.models.probe.Layer2Probe``.
 """
 
 from fedaudit.attacks.dager.attack import Dager

@@ -26,7 +26,7 @@ pins down neurons it surely switches off (negative drive and non-positive bias),
 of L have its column as their kernel (``_certain_kernels``). Inputs known up to scale come from
 rows of L read as rows of Q^{-1}: a neuron on for one example only has its row parallel to that
 example's (``row_directions``), and rows with the found examples peeled off give more
-(``_Pool.deflated``); from the plane orthogonal to B - 2 found columns (``missing_pair``); and
+(``Pool.deflated``); from the plane orthogonal to B - 2 found columns (``missing_pair``); and
 from the line orthogonal to B - 1 (``missing_direction``). In between, rows are drawn in
 proportion to their estimated chance of being zero in the columns not found yet
 (``DirectionSampler.guide``). The row reads take turns with the draws, so where they give
@@ -38,6 +38,11 @@ What the attack checks before saying ``exact``: every neuron a recovered input s
 pushed through the layer's known weights, has a zero entry in that input's gradient column (a
 forward-pass check the gradient alone does not force: a wrong input switches off neurons that
 carry gradient), and B equals the number of examples the client reports.
+
+The parts, one file each: ``factors`` (G = L R), ``sampling`` (row subsets, Sec. 4.1),
+``filters`` (sparsity and realizability), ``completion`` (our row reads and completions),
+``pool`` (the greedy pick, Sec. 4.2), ``solution`` (scales and the forward check, Sec. 4.3),
+``verdict`` (status and reasons) and ``attack`` (``SpearOptions`` and the ``Spear`` class).
 """
 
 from fedaudit.attacks.spear.attack import Spear, SpearOptions

@@ -103,7 +103,7 @@ def row_directions(
     840 active neurons are on for exactly one example, which gives 14 to 19 of the 25 columns).
     Rows of larger support give mixtures, whose certain rows span all B dimensions (rejected).
     Candidates still go through ``refine`` and ``realizable``. The rows need not be rows of L:
-    ``_Pool.deflated`` gives rows with the found examples' part taken out.
+    ``Pool.deflated`` gives rows with the found examples' part taken out.
     """
     p = rows / rows.norm(dim=1, keepdim=True)
     drive = inputs_map @ (basis.T @ (f.R.T @ p.T))  # W x for x = L_i R, one column per row
