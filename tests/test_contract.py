@@ -38,14 +38,23 @@ def _outcome(name: str, observation, **options) -> tuple:
     return rec.status, rec.reason, sequences, rec.labels, None if rec.tokens is None else sorted(rec.tokens)
 
 
-def test_attacks_in_sequence_match_each_alone_and_leave_the_observation_unchanged(cola_path) -> None:
-    ((observation, _),) = client_updates(scenario(f"data.source={cola_path}", *FEDAVG_GPT2), 1)
+#: FedSGD: every attack reads the global weights (DAGER keeps its own copy for the round).
+FEDSGD_GPT2 = [*FEDAVG_GPT2[:3], "training.batch_size=4"]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "dager_status"), [(FEDAVG_GPT2, "partial"), (FEDSGD_GPT2, "exact")], ids=["fedavg", "fedsgd"]
+)
+def test_attacks_in_sequence_match_each_alone_and_leave_the_observation_unchanged(
+    cola_path, protocol, dager_status
+) -> None:
+    ((observation, _),) = client_updates(scenario(f"data.source={cola_path}", *protocol), 1)
     weights, update = _snapshot(observation.global_weights), _snapshot(observation.update)
     public = _snapshot(dict(observation.model.model.named_parameters()))
     dtype = observation.model.dtype
 
     alone = {name: _outcome(name, observation) for name in ("dager", "labels", "embedding-rows")}
-    assert alone["dager"][0] == "partial" and alone["dager"][2]  # FedAvg: recovered, honestly approximate
+    assert alone["dager"][0] == dager_status and alone["dager"][2]  # FedAvg: recovered, honestly approximate
     in_turn = [_outcome(name, observation) for name in ("labels", "dager", "embedding-rows", "dager")]
     assert in_turn == [alone["labels"], alone["dager"], alone["embedding-rows"], alone["dager"]]
 

@@ -9,7 +9,7 @@ import torch
 
 from fedaudit.attacks import REGISTRY, Budget, Observation
 from fedaudit.attacks.dager import Dager, layer1_residuals, layer1_terms
-from fedaudit.attacks.dager.setup import build_setup
+from fedaudit.attacks.dager.setup import KeptModel, build_setup, midpoint_model
 from fedaudit.audit.auditor import Auditor
 from fedaudit.audit.scoring import score
 from tests.helpers import client_updates, scenario
@@ -97,7 +97,7 @@ def test_exact_recovery_from_lora_factors_in_round_one(cola_path) -> None:
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
 def test_adapter_inputs_equal_what_the_model_feeds_its_query_projections(cola_path, family) -> None:
     observation, truth = _updates(cola_path, *TINY[family])[0]
-    setup = build_setup(observation, torch.device("cpu"))
+    setup = build_setup(observation, torch.device("cpu"), midpoint_model(observation, torch.device("cpu")))
     model = setup.model
     seen: dict[int, torch.Tensor] = {}
     handles = [
@@ -186,3 +186,14 @@ def test_noised_updates_degrade_dager_gracefully_with_reasons(cola_path) -> None
     assert outcomes[1][0].status == "partial" and outcomes[1][1]["rouge1"] > 0.5
     assert outcomes[2][0].status == "failed" and "below the noise edge" in outcomes[2][0].reason
     assert outcomes[0][1]["rouge1"] >= outcomes[1][1]["rouge1"] >= outcomes[2][1]["rouge1"] == 0.0
+
+
+def test_the_clients_of_a_round_share_one_private_model_until_the_weights_change(cola_path) -> None:
+    (first, _), (second, _) = _updates(cola_path, *TINY["gpt2"], batches=2)
+    kept, cpu = KeptModel(), torch.device("cpu")
+    model = kept.get(first, cpu)
+    assert kept.get(second, cpu) is model  # same global weight tensors: one copy for the round
+    assert model is not first.model.model
+    name, weight = next(iter(first.global_weights.items()))
+    weight.add_(0.0)  # an in-place change (even a no-op one) bumps the version: a fresh copy
+    assert kept.get(second, cpu) is not model

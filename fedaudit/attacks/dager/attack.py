@@ -15,7 +15,7 @@ from fedaudit.attacks.dager.decoder import DecoderSearch
 from fedaudit.attacks.dager.encoder import EncoderSearch
 from fedaudit.attacks.dager.layer1 import Layer1Terms, layer1_residuals, layer1_terms
 from fedaudit.attacks.dager.search import Setup
-from fedaudit.attacks.dager.setup import build_setup
+from fedaudit.attacks.dager.setup import KeptModel, build_setup
 from fedaudit.attacks.dager.span import NoiseDominates, split_at_gap, threshold
 
 KEEP_BYTES = 2 * 2**30
@@ -37,6 +37,7 @@ class Dager(Attack):
         super().__init__(options, device)
         self._kept: tuple[tuple, Layer1Terms] | None = None
         """The last layer-1 terms with the weights they were computed from (shared within a round)."""
+        self._model = KeptModel()
 
     def applicable(self, observation: Observation) -> tuple[bool, str]:
         adapter = observation.model.adapter
@@ -59,7 +60,7 @@ class Dager(Attack):
     def run(self, observation: Observation, budget: Budget) -> Reconstruction:
         started = time.perf_counter()
         try:
-            setup = build_setup(observation, self.device)
+            setup = build_setup(observation, self.device, self._model.get(observation, self.device))
         except NoiseDominates as err:
             return Reconstruction(
                 "failed",

@@ -4,7 +4,7 @@ the candidates are formed at (the global weights, or the FedAvg midpoint)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -76,6 +76,34 @@ def midpoint_model(observation: Observation, device: torch.device) -> nn.Module:
     return observation.model_at(weights, device).model
 
 
+class KeptModel:
+    """The attack's own copy of the global model, kept while the global weights it was made from
+    are the same tensors, unchanged in place (torch's version counter): the clients of a round
+    then share one copy instead of paying for a copy each. FedAvg midpoints differ per client and
+    are made fresh every time."""
+
+    def __init__(self) -> None:
+        self._kept: tuple[Any, list[tuple[torch.Tensor, int]], torch.device, nn.Module] | None = None
+
+    def get(self, observation: Observation, device: torch.device) -> nn.Module:
+        if not observation.exact_gradient:
+            return midpoint_model(observation, device)
+        weights = [(t, t._version) for t in observation.global_weights.values()]
+        kept = self._kept
+        if (
+            kept is not None
+            and kept[0] is observation.model
+            and kept[2] == device
+            and len(kept[1]) == len(weights)
+            and all(a is b and va == vb for (a, va), (b, vb) in zip(kept[1], weights))
+        ):
+            return kept[3]
+        self._kept = None  # let the old copy go before the new one is made
+        model = midpoint_model(observation, device)
+        self._kept = (observation.model, weights, device, model)
+        return model
+
+
 def first_inputs(model: nn.Module, observation: Observation, max_len: int) -> FirstInputs:
     """A snapshot of the first layer's inputs (copies: the layer-1 terms computed from them
     may be kept for the next observation, ``Dager._layer1_terms``, and must not hold on to the
@@ -115,8 +143,9 @@ def rounding_floor(observation: Observation) -> float:
     return min(1.0, eps * weights / max(update, torch.finfo(F64).tiny))
 
 
-def build_setup(observation: Observation, device: torch.device) -> Setup:
-    """Both spans, a private model at the right weights, its probe and the first layer's inputs."""
+def build_setup(observation: Observation, device: torch.device, model: nn.Module) -> Setup:
+    """Both spans, the attack's ``model`` (at the right weights: ``KeptModel``), its probe and the
+    first layer's inputs."""
     adapter = observation.model.adapter
     floor = rounding_floor(observation)
     span1 = input_span(observation, adapter.attention_inputs[0], floor, 1, device)
@@ -124,7 +153,6 @@ def build_setup(observation: Observation, device: torch.device) -> Setup:
     # fewer than the distinct (token, position) inputs layer 1 saw.
     span2 = input_span(observation, adapter.attention_inputs[1], floor, 2, device, min_rank=span1.rank)
     span1.centered = span2.centered = adapter.first_input.norm_kind == "layernorm"
-    model = midpoint_model(observation, device)
     max_len = observation.protocol.max_seq_len
     spec = adapter.first_input
     if spec.positions is not None:
