@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from fedaudit import processes
 from fedaudit.config import ConfigError, Scenario
+from fedaudit.safety import clean_text
 from fedaudit.scenario import load_scenario
 
 # Offline-friendly Flower defaults (no telemetry, no update check, no per-run `uv sync` that would
@@ -57,45 +61,86 @@ def run(
     scenario: ScenarioArg = None,
     set_: SetOpt = None,
     verbose: Annotated[bool, typer.Option(help="Show Flower's and Ray's own logs.")] = False,
+    resume: Annotated[
+        Optional[Path], typer.Option(help="Continue this killed run (a run directory) after its last finished round.")
+    ] = None,
 ) -> None:
     """Run a federated simulation in which the server audits every client update."""
-    sc = _load(scenario, set_)
+    from fedaudit.audit.store import SCENARIO, RunStore
+    from fedaudit.federation import prepare
+
+    if resume is not None and (scenario is not None or set_):
+        fail("--resume continues a run with the scenario in its directory: give no scenario file or --set")
+    if resume is not None and not (resume / SCENARIO).is_file():
+        fail(f"--resume {resume}: not a run directory (no {SCENARIO})")
+    sc = _load(resume / SCENARIO if resume is not None else scenario, set_)
     try:
-        from fedaudit.audit.store import RunStore
-        from fedaudit.federation import prepare
-
         prepare(sc)
-
-        store = RunStore.create(sc)
+        store = RunStore(resume) if resume is not None else RunStore.create(sc)
     except ConfigError as err:
         fail(str(err))
     except OSError as err:
         fail(f"output.dir = {sc.output.dir!r}: {err}")
+    verb = f"Resuming {store.path}" if resume is not None else f"Scenario [bold]{escape(sc.name)}[/]"
+    console.print(
+        f"{verb}: {sc.federation.clients} clients x {sc.federation.rounds} rounds, "
+        f"{escape(sc.model.name)} ({sc.training.mode}), attacks: {', '.join(sc.audit.attacks)}"
+    )
+    stopped = _simulate(sc, store, verbose, resume is not None)
+    _finish(sc, store, stopped)
+
+
+def _simulate(sc: Scenario, store, verbose: bool, resume: bool) -> str | None:
+    """Flower's simulation of the scenario; None when it ran to its end, else why it stopped."""
     import logging
 
     from flwr.simulation import run_simulation
 
     from clients.app import build_client_app
-    from fedaudit.audit.records import read_records, rounds_completed
-    from fedaudit.report.markdown import write_report
     from server_strategies.app import build_server_app
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    console.print(
-        f"Scenario [bold]{sc.name}[/]: {sc.federation.clients} clients x {sc.federation.rounds} rounds, "
-        f"{sc.model.name} ({sc.training.mode}), attacks: {', '.join(sc.audit.attacks)}"
-    )
-    run_simulation(
-        server_app=build_server_app(sc, store.path),
-        client_app=build_client_app(sc),
-        num_supernodes=sc.federation.clients,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"logging_level": logging.INFO if verbose else logging.ERROR, "log_to_driver": verbose},
-        },
-        verbose_logging=verbose,
-    )
+    failure: list[BaseException] = []
+
+    def simulate() -> None:
+        try:
+            run_simulation(
+                server_app=build_server_app(sc, store.path, resume=resume),
+                client_app=build_client_app(sc),
+                num_supernodes=sc.federation.clients,
+                backend_config={
+                    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                    "init_args": {
+                        "logging_level": logging.INFO if verbose else logging.ERROR,
+                        "log_to_driver": verbose,
+                    },
+                },
+                verbose_logging=verbose,
+            )
+        except BaseException as err:  # noqa: BLE001 - reported as one line below
+            failure.append(err)
+
+    # Off the main thread: Ray's threads take signals the main thread would never see while
+    # blocked in Flower's joins, and Ray installs its SIGTERM handler only on the main thread.
+    thread = threading.Thread(target=simulate, name="flower-simulation", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt as err:
+        return f"stopped by {err.args[0] if err.args else 'Ctrl-C'}"
+    if failure:
+        cause = failure[0].__cause__ or failure[0]
+        return f"{type(cause).__name__}: {cause}"
+    return None
+
+
+def _finish(sc: Scenario, store, stopped: str | None) -> None:
+    """The report of what finished, one line on where it is, and the exit status."""
+    from fedaudit.audit.records import read_records, rounds_completed
+    from fedaudit.report.markdown import write_report
+
     report = write_report(store.path)
     records = read_records(store.path)
     rounds_done = rounds_completed(records)
@@ -103,10 +148,11 @@ def run(
         f"Records: {store.records_path} ({len(records)} records, {rounds_done}/{sc.federation.rounds} rounds)"
     )
     console.print(f"Report:  {report}")
-    if rounds_done < sc.federation.rounds:
+    if stopped is not None or rounds_done < sc.federation.rounds:
+        why = f" ({clean_text(stopped)[:200]})" if stopped else ""
         fail(
-            f"the simulation stopped after {rounds_done} of {sc.federation.rounds} rounds; "
-            f"what finished is in {store.path}"
+            f"the run stopped after {rounds_done} of {sc.federation.rounds} rounds{why}; what finished is in "
+            f"{store.path} (continue it with: fedaudit run --resume {store.path})"
         )
 
 
@@ -205,6 +251,30 @@ def sweep(
 
 
 def main() -> None:
+    # ``fedaudit run`` supervises its own run (``fedaudit.processes``): no Ray process outlives it.
+    argv = sys.argv[1:]
+    if argv[:1] == ["run"] and "--help" not in argv and not processes.supervised():
+        sys.exit(processes.run_supervised(argv))
+    if not processes.supervised():
+        _main()
+        return
+    processes.stop_on_signals()
+    code: int | str | None = 0
+    try:
+        _main()
+    except SystemExit as done:
+        code = done.code
+    except KeyboardInterrupt:  # before the simulation started
+        code = 130
+    finally:
+        # End Ray's processes quietly, then exit without waiting for Flower's server thread (a
+        # run stopped mid-round leaves it blocked on replies that will never come).
+        processes.silence_output()
+        processes.end_group()
+    os._exit(code if isinstance(code, int) else 1)
+
+
+def _main() -> None:
     try:
         app()
     except ConfigError as err:  # raised late, e.g. inside a data loader

@@ -27,18 +27,36 @@ class ConfigError(ValueError):
     """A scenario problem, phrased as one line a user can act on."""
 
 
+#: Seeds go to numpy's and torch's generators: 0..2**32 - 1.
+SEED_MAX = 2**32 - 1
+#: An attack budget longer than a week is a typo, and an infinite one overflows the deadline.
+BUDGET_MAX_SECONDS = 7 * 24 * 3600.0
+#: Echoed values in error lines are cut here, so one line stays one line.
+ECHO_CHARS = 60
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No float key accepts inf or NaN: every number in a scenario is a real setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LoraConfig(_Section):
     """LoRA adapters (peft) on the attention projections: only the factors and the head train and travel."""
 
-    r: int = Field(default=8, ge=1)
+    r: int = Field(default=8, ge=1, le=4096)
     alpha: float = Field(default=16.0, gt=0.0)
     target_modules: list[str] | None = None
     """Module names to adapt; default: the query projection and its neighbours per family
     (GPT-2: c_attn; LLaMA: q_proj, v_proj; BERT: query, value)."""
+
+
+#: Architecture keys (GPT-2, LLaMA, BERT configs) that count something: layers, heads, widths.
+COUNT_KEYS = (
+    "n_layer", "n_head", "n_embd", "n_positions", "n_inner", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "hidden_size", "intermediate_size", "max_position_embeddings", "vocab_size",
+)  # fmt: skip
+#: (width, heads) pairs: attention splits the width into equal heads.
+WIDTH_HEADS = (("n_embd", "n_head"), ("hidden_size", "num_attention_heads"))
 
 
 class ModelConfig(_Section):
@@ -53,6 +71,22 @@ class ModelConfig(_Section):
     tokenizer: str | None = None
     """Tokenizer folder or hub id; default: the model's own, or the packaged GPT-2 BPE."""
     lora: LoraConfig | None = None
+
+    @model_validator(mode="after")
+    def _architecture_in_range(self) -> ModelConfig:
+        """The transformer sizes every family shares: counts >= 1, widths divisible by heads
+        (the rest of ``config`` is checked when the model is built, at start-up)."""
+        c = self.config
+        for key in COUNT_KEYS:
+            value = c.get(key)
+            if key in c and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000):
+                raise ValueError(f"model.config.{key} = {_echo(value)}: must be a whole number >= 1")
+        for width, heads in WIDTH_HEADS:
+            if isinstance(c.get(width), int) and isinstance(c.get(heads), int) and c[width] % c[heads]:
+                raise ValueError(
+                    f"model.config.{width} = {c[width]}: must be divisible by model.config.{heads} ({c[heads]})"
+                )
+        return self
 
 
 class DataConfig(_Section):
@@ -69,33 +103,36 @@ class DataConfig(_Section):
     columns: list[str] | None = None
     """Column names for a headerless TSV/CSV."""
     max_examples: int | None = Field(default=None, ge=1)
-    demo_size: int = Field(default=256, ge=1)
+    demo_size: int = Field(default=256, ge=1, le=1_000_000)
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     """Share of examples kept out of every client for the server's utility evaluation."""
 
 
 class FederationConfig(_Section):
-    clients: int = Field(default=4, ge=1)
-    rounds: int = Field(default=3, ge=1)
+    clients: int = Field(default=4, ge=1, le=100_000)
+    rounds: int = Field(default=3, ge=1, le=1_000_000)
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: float = Field(default=0.5, gt=0.0)
     """Dirichlet concentration (partition = "dirichlet"): smaller is more skewed."""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
     secure_aggregation_group: int = Field(default=1, ge=1)
     """Secure aggregation: the server sees only the sum of each group of K clients' updates
     (consecutive partition ids; the exact sum, as SecAgg+ would deliver it). 1 = no grouping."""
+    on_bad_update: Literal["reject", "fail"] = "reject"
+    """A reply that does not fit the global model (names, shapes, dtypes), is not finite or has
+    a bad num-examples: "reject" records it and goes on without it; "fail" stops the run."""
 
 
 class TrainingConfig(_Section):
     mode: Literal["fedsgd", "fedavg"] = "fedsgd"
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=8, ge=1, le=1_000_000)
     """Examples a client uses per round (fedsgd: the one batch; fedavg: its local data for the round)."""
-    local_epochs: int = Field(default=1, ge=1)
+    local_epochs: int = Field(default=1, ge=1, le=10_000)
     mini_batch_size: int = Field(default=8, ge=1)
-    lr: float = Field(default=1e-4, gt=0.0)
+    lr: float = Field(default=1e-4, gt=0.0, le=1e6)
     optimizer: Literal["sgd", "adam"] = "sgd"
     """Local optimizer in fedavg mode (fedsgd clients send the gradient; the server steps with SGD)."""
-    max_seq_len: int = Field(default=64, ge=2)
+    max_seq_len: int = Field(default=64, ge=2, le=1_000_000)
 
 
 class AuditConfig(_Section):
@@ -107,7 +144,7 @@ class AuditConfig(_Section):
 
     attacks: list[str] = Field(default_factory=lambda: ["embedding-rows", "labels"])
     ground_truth: bool = True
-    budget_seconds: float = Field(default=120.0, gt=0.0)
+    budget_seconds: float = Field(default=120.0, gt=0.0, le=BUDGET_MAX_SECONDS)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where attacks compute: "auto" takes CUDA when present."""
 
@@ -129,7 +166,7 @@ class DPSGDConfig(_Section):
     step over the whole batch, rate 1), and rounds compose, so epsilon after round t accounts
     for t rounds of steps."""
 
-    noise_multiplier: float = Field(default=1.0, ge=0.0)
+    noise_multiplier: float = Field(default=1.0, ge=0.0, le=1e6)
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     poisson_sampling: bool = False
     """True: each step draws every example independently with the sampling rate (Opacus's
@@ -144,7 +181,7 @@ class CentralDPConfig(_Section):
     Gaussian noise to the aggregate only. The auditor sits where a curious server does: it sees
     each client's clipped, un-noised update."""
 
-    noise_multiplier: float = Field(default=1.0, ge=0.0)
+    noise_multiplier: float = Field(default=1.0, ge=0.0, le=1e6)
     clipping_norm: float = Field(default=1.0, gt=0.0)
     clipping: Literal["server", "client"] = "server"
 
@@ -179,7 +216,7 @@ class NoiseDefense(_Section):
 
     distribution: Literal["gaussian", "laplace"] = "gaussian"
     scale: float = Field(default=0.0, ge=0.0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
 
 
 class ClipDefense(_Section):
@@ -285,7 +322,13 @@ def _format_error(err: ValidationError) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     if not loc or isinstance(first["input"], dict):  # a cross-field check names its own keys
         return msg + more
-    return f"{loc} = {first['input']!r}: {msg}{more}"
+    return f"{loc} = {_echo(first['input'])}: {msg}{more}"
+
+
+def _echo(value: Any) -> str:
+    """``repr(value)``, cut to ``ECHO_CHARS`` (a value can be a whole pasted file)."""
+    text = repr(value)
+    return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 3] + "..."
 
 
 def _section_model(loc: tuple) -> type[BaseModel] | None:
@@ -344,9 +387,14 @@ def read_scenario(path: str | Path | None = None, overrides: list[str] | None = 
     if not path.is_file():
         raise ConfigError(f"scenario file not found: {path}")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a scenario saved by an editor that writes a byte-order mark loads too.
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"scenario file {path}: not UTF-8 text (byte {err.start})") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"scenario file {path}: invalid TOML: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"scenario file {path}: cannot be read ({err.strerror})") from None
     data.setdefault("name", path.stem)
     return scenario_from_dict(apply_overrides(data, list(overrides or [])))
 

@@ -7,6 +7,7 @@ auditor sits where a curious server does: between the clipping and the noise
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -26,8 +27,10 @@ from server_strategies.central_dp import with_central_dp
 from server_strategies.strategy import AuditingStrategy
 
 
-def run_audited_federation(grid: Grid, scenario: Scenario, store: RunStore) -> None:
-    """Train ``federation.rounds`` rounds, auditing each reply and recording utility per round."""
+def run_audited_federation(grid: Grid, scenario: Scenario, store: RunStore, resume: bool = False) -> None:
+    """Train ``federation.rounds`` rounds, auditing each reply and recording utility per round;
+    the global model after each round is checkpointed. With ``resume``, continue ``store``'s run
+    after its last finished round (``RunStore.resume``)."""
     console = RoundConsole(scenario)
 
     def sink(record: Record) -> None:
@@ -38,23 +41,34 @@ def run_audited_federation(grid: Grid, scenario: Scenario, store: RunStore) -> N
     public_model = federation.build_global_model(scenario, data.examples)  # what attacks may run
     evaluator = federation.build_global_model(scenario, data.examples)
     holdout = federation.holdout_batch(evaluator, data, scenario)
+    done = store.resume() if resume else 0
+    initial = store.load_checkpoint(done) if resume else public_model.trainable_state()
+    if done >= scenario.federation.rounds:
+        write_report(store.path)
+        return
 
-    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        evaluator.load_state(arrays.to_torch_state_dict())
+    def evaluate_global(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if resume and flower_round == 0:  # round ``done``: evaluated and recorded before the kill
+            return None
+        server_round = flower_round + done
+        weights = arrays.to_torch_state_dict()
+        store.save_checkpoint(server_round, weights)
+        evaluator.load_state(weights)
         metrics = evaluate(evaluator, holdout)
         sink(UtilityRecord(round=server_round, metrics=metrics, examples=len(holdout)))
         console.round_done(server_round)
-        return MetricRecord(metrics)
+        return MetricRecord({k: v for k, v in metrics.items() if math.isfinite(v)})
 
     clients = scenario.federation.clients
     inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients, min_available_nodes=clients)
     auditor = Auditor.for_scenario(scenario.audit, sink=sink)
-    strategy = with_central_dp(AuditingStrategy(inner, auditor, scenario, public_model, sink=sink), scenario)
+    auditing = AuditingStrategy(inner, auditor, scenario, public_model, sink=sink, first_round=done + 1)
+    strategy = with_central_dp(auditing, scenario)
     t = scenario.training
     strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord.from_torch_state_dict(public_model.trainable_state()),
-        num_rounds=scenario.federation.rounds,
+        initial_arrays=ArrayRecord.from_torch_state_dict(initial),
+        num_rounds=scenario.federation.rounds - done,
         train_config=ConfigRecord(
             {
                 "mode": t.mode,
@@ -69,8 +83,9 @@ def run_audited_federation(grid: Grid, scenario: Scenario, store: RunStore) -> N
     write_report(store.path)
 
 
-def build_server_app(scenario: Scenario | None = None, run_dir: Path | None = None) -> ServerApp:
-    """A ServerApp for ``scenario`` writing to ``run_dir``; by default both come from the run config."""
+def build_server_app(scenario: Scenario | None = None, run_dir: Path | None = None, resume: bool = False) -> ServerApp:
+    """A ServerApp for ``scenario`` writing to ``run_dir`` (continuing its run with ``resume``);
+    by default both come from the run config."""
     app = ServerApp()
 
     @app.main()
@@ -78,7 +93,7 @@ def build_server_app(scenario: Scenario | None = None, run_dir: Path | None = No
         active = scenario or scenario_from_run_config(context.run_config)
         store = RunStore(run_dir) if run_dir is not None else RunStore.create(active)
         print(f"fedaudit run directory: {store.path}", flush=True)
-        run_audited_federation(grid, active, store)
+        run_audited_federation(grid, active, store, resume=resume and run_dir is not None)
 
     return app
 

@@ -10,7 +10,9 @@
 Either way the wrapper adds N(0, (noise_multiplier * clipping_norm / clients)^2) to every entry
 of the aggregated weights only. Both wrappers go through ``GroundTruthAround``: the server-side
 one clips every ArrayRecord of a reply, so the client's ``audit`` record travels around it, and
-both skip a round with a failed client, so failures are recorded before they run.
+both skip a round with a failed client: replies are screened (failures and rejected updates
+recorded) before they run, the wrapper sees only the usable ones, and a round it skips because
+some were not is recorded as skipped.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ class GroundTruthAround(Strategy):
     Build it with ``GroundTruthAround(inner, lambda s: Wrapper(s, ...))``: the wrapper wraps
     this object's inside view (``self.inside``), which delegates to ``inner``.
 
-    Flower's DP wrappers skip the whole aggregation when any client failed, so ``inner`` never
-    sees those replies: the failures are recorded here, before the wrapper runs."""
+    Flower's DP wrappers skip the whole aggregation unless every sampled client sent a usable
+    reply (their noise is calibrated to that count): the replies are screened here, before the
+    wrapper runs, and a round it skips is recorded."""
 
     def __init__(self, inner: AuditingStrategy, wrap: Callable[[Strategy], Strategy]) -> None:
         self.inner = inner
@@ -62,15 +65,15 @@ class GroundTruthAround(Strategy):
             (None, None) when the wrapper skips the round (a client failed).
         """
         replies = list(replies)
-        if any(msg.has_error() for msg in replies):
-            for msg in replies:
-                self.inner.record_failure(server_round, msg)
+        accepted = self.inner.screen(server_round, replies)
         self.held = {
-            id(msg): msg.content.array_records.pop("audit")
-            for msg in replies
-            if not msg.has_error() and "audit" in msg.content.array_records
+            id(msg): msg.content.array_records.pop("audit") for msg in accepted if "audit" in msg.content.array_records
         }
-        return self.wrapper.aggregate_train(server_round, replies)
+        arrays, metrics = self.wrapper.aggregate_train(server_round, accepted)
+        if arrays is None and len(accepted) < len(replies):
+            reason = f"central DP: {len(replies) - len(accepted)} of {len(replies)} replies failed or were rejected"
+            self.inner.skip(server_round, reason)
+        return arrays, metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

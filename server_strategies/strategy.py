@@ -4,7 +4,12 @@ Hooks, in the order Flower calls them each round:
 
 * ``configure_train(round, arrays, config, grid)`` keeps the global weights W_t it sends out
   (``aggregate_train`` never receives them) and delegates.
-* ``aggregate_train(round, replies)`` splits every reply into an Observation (what the server
+* ``aggregate_train(round, replies)`` first checks every reply against the global model's
+  schema (``fedaudit.federation.validation``): a failed reply becomes a ``ClientError``, a bad
+  one a ``RejectedUpdate`` (or, with ``federation.on_bad_update = "fail"``, stops the run), and
+  neither reaches the auditor or the aggregate. With no update left, or an aggregate that is
+  not finite, the round is recorded as skipped and the global model stays as it was. It then
+  splits every accepted reply into an Observation (what the server
   legitimately sees) and a GroundTruth (the client's ``audit`` record, simulation only), runs the
   Auditor, strips everything but ``arrays`` and ``metrics``, then lets the inner strategy
   aggregate. In FedSGD the aggregate is a gradient, so it returns W_t - lr * aggregate.
@@ -14,6 +19,8 @@ Hooks, in the order Flower calls them each round:
   strategy see nothing else; the group's ground truth is the union of its members' examples.
   (Flower's SecAgg+ runs only on its legacy workflow path, so the sum is computed exactly here;
   the arithmetic the server ends up with is the same.)
+* Resuming a run (``first_round = k + 1``): Flower counts rounds from 1 again, so every hook
+  shifts the round it is given by k; clients and records see the run's own round numbers.
 * Evaluation hooks and ``summary`` are delegated unchanged.
 """
 
@@ -28,15 +35,20 @@ from flwr.serverapp.strategy import Strategy
 
 from fedaudit import federation
 from fedaudit.audit.auditor import Auditor
-from fedaudit.audit.records import AttackRecord, ClientError, Record
+from fedaudit.audit.records import AttackRecord, ClientError, Record, RejectedUpdate, RoundSkipped
 from fedaudit.audit.truth import GroundTruth
 from fedaudit.config import Scenario
+from fedaudit.federation.validation import examples_problem, tensors_problem, weights_problem
 from fedaudit.models import ModelBundle
 
 #: Reply records the inner strategy sees; everything else is audit-only payload.
 AGGREGATED_KEYS = ("arrays", "metrics")
 #: Privacy budget a client reports in its metrics (DP-SGD), recorded with every audit of its update.
 PRIVACY_METRICS = ("dp-epsilon", "dp-delta")
+
+
+class BadUpdate(RuntimeError):
+    """A client sent an update the server cannot accept, with ``federation.on_bad_update = "fail"``."""
 
 
 def _metrics(msg: Message) -> MetricRecord:
@@ -52,6 +64,35 @@ def _partition_id(msg: Message) -> int:
     return int(info["partition-id"]) if info is not None else int(msg.metadata.src_node_id)
 
 
+def _client(msg: Message) -> str:
+    info = msg.content.config_records.get("client-info")
+    partition = info.get("partition-id") if info is not None else None
+    return str(partition) if partition is not None else str(msg.metadata.src_node_id)
+
+
+def reply_problem(msg: Message, global_weights: dict[str, torch.Tensor], scenario: Scenario) -> str | None:
+    """Why the server cannot use this reply (its records, tensors, ``num-examples`` or partition
+    id), or None."""
+    content = msg.content
+    if "arrays" not in content.array_records:
+        return "the reply has no 'arrays' record"
+    if "metrics" not in content.metric_records:
+        return "the reply has no 'metrics' record"
+    try:
+        sent = content["arrays"].to_torch_state_dict()
+    except Exception as err:  # noqa: BLE001 - whatever a client packed, the reason is recorded
+        return f"the 'arrays' record cannot be read as tensors ({type(err).__name__})"
+    problem = tensors_problem(sent, global_weights)
+    problem = problem or examples_problem(_metrics(msg).get("num-examples"), scenario.training.batch_size)
+    info = content.config_records.get("client-info")
+    partition = info.get("partition-id") if info is not None else None
+    if problem is None and partition is not None:
+        clients = scenario.federation.clients
+        if isinstance(partition, bool) or not isinstance(partition, int) or not 0 <= partition < clients:
+            problem = f"client-info partition-id is not a partition of 0..{clients - 1}"
+    return problem
+
+
 def _truth(msg: Message) -> GroundTruth:
     gt = msg.content["audit"].to_torch_state_dict()
     return GroundTruth(**{k: gt[k] for k in ("labels", "input_ids", "attention_mask", "features") if k in gt})
@@ -65,7 +106,9 @@ class AuditingStrategy(Strategy):
         auditor: runs the scenario's attacks on each Observation and records the results.
         scenario: the run's scenario (training mode, lr, secure-aggregation group size).
         public_model: the model bundle attacks may copy (architecture, tokenizer, adapter).
-        sink: receives every record this strategy produces itself (client errors).
+        sink: receives every record this strategy produces itself (client errors, rejected
+            updates, skipped rounds).
+        first_round: the run's number for Flower's round 1 (k + 1 when resuming after round k).
     """
 
     def __init__(
@@ -75,8 +118,10 @@ class AuditingStrategy(Strategy):
         scenario: Scenario,
         public_model: ModelBundle,
         sink: Callable[[Record], None] | None = None,
+        first_round: int = 1,
     ) -> None:
         self.inner = inner
+        self.offset = first_round - 1
         self.auditor = auditor
         self.scenario = scenario
         self.public_model = public_model
@@ -92,6 +137,7 @@ class AuditingStrategy(Strategy):
         Returns:
             The training messages ``inner`` builds for the round.
         """
+        server_round += self.offset
         self._global = {server_round: arrays.to_torch_state_dict()}
         return self.inner.configure_train(server_round, arrays, config, grid)
 
@@ -110,28 +156,53 @@ class AuditingStrategy(Strategy):
             ``inner``'s aggregate (FedSGD: turned from a mean gradient into the new weights
             W_t - lr * g) and its aggregated metrics.
         """
+        replies = list(replies)
+        accepted = self.screen(server_round, replies)
+        server_round += self.offset
         global_weights = self._global[server_round]
-        replies = [msg for msg in replies if not self.record_failure(server_round, msg)]
+        if not accepted:
+            self._emit(RoundSkipped(server_round, f"none of the {len(replies)} replies could be used"))
+            return None, None
         if self.scenario.federation.secure_aggregation_group > 1:
-            replies = self.secure_aggregate(replies)
-        for msg in replies:
+            accepted = self.secure_aggregate(accepted)
+        for msg in accepted:
             self.audit_reply(server_round, msg, global_weights)
             for key in [k for k in msg.content.keys() if k not in AGGREGATED_KEYS]:
                 del msg.content[key]
-        arrays, metrics = self.inner.aggregate_train(server_round, replies)
-        if arrays is not None and self.scenario.training.mode == "fedsgd":
-            grads = arrays.to_torch_state_dict()
+        arrays, metrics = self.inner.aggregate_train(server_round, accepted)
+        if arrays is None:
+            return None, metrics
+        weights = arrays.to_torch_state_dict()
+        if self.scenario.training.mode == "fedsgd":
             lr = self.scenario.training.lr
-            arrays = ArrayRecord.from_torch_state_dict(
-                {k: w - lr * grads[k].to(w.dtype) for k, w in global_weights.items()}
-            )
+            weights = {k: w - lr * weights[k].to(w.dtype) for k, w in global_weights.items()}
+            arrays = ArrayRecord.from_torch_state_dict(weights)
+        problem = weights_problem(weights)
+        if problem is not None:
+            self._emit(RoundSkipped(server_round, f"{problem}; the global model stays as it was"))
+            return None, metrics
         return arrays, metrics
 
-    def record_failure(self, server_round: int, msg: Message) -> bool:
-        """Records a reply that carries an error as a ``ClientError``; True if it did."""
+    def screen(self, flower_round: int, replies: list[Message]) -> list[Message]:
+        """The replies of Flower's round ``flower_round`` the server can use; the others are
+        recorded (``accept``)."""
+        server_round = flower_round + self.offset
+        return [msg for msg in replies if self.accept(server_round, msg, self._global[server_round])]
+
+    def accept(self, server_round: int, msg: Message, global_weights: dict[str, torch.Tensor]) -> bool:
+        """Records a failed reply (``ClientError``) or a bad one (``RejectedUpdate``; with
+        ``on_bad_update = "fail"`` it then raises ``BadUpdate``); True for a usable reply."""
         if msg.has_error():
             self._emit(ClientError(round=server_round, client=str(msg.metadata.src_node_id), reason=msg.error.reason))
-        return msg.has_error()
+            return False
+        problem = reply_problem(msg, global_weights, self.scenario)
+        if problem is None:
+            return True
+        rejected = RejectedUpdate(round=server_round, client=_client(msg), reason=problem)
+        self._emit(rejected)
+        if self.scenario.federation.on_bad_update == "fail":
+            raise BadUpdate(f"round {server_round}: client {rejected.client}: {problem}")
+        return False
 
     def secure_aggregate(self, replies: list[Message]) -> list[Message]:
         """One reply per secure-aggregation group: the first member's message, its arrays replaced
@@ -190,6 +261,10 @@ class AuditingStrategy(Strategy):
         truth = _truth(msg) if "audit" in content.array_records else None
         return self.auditor.audit(observation, truth)
 
+    def skip(self, flower_round: int, reason: str) -> None:
+        """Record Flower's round ``flower_round`` as skipped (the global model stays as it was)."""
+        self._emit(RoundSkipped(flower_round + self.offset, reason))
+
     def _emit(self, record: Record) -> None:
         if self.sink is not None:
             self.sink(record)
@@ -198,10 +273,10 @@ class AuditingStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+        return self.inner.configure_evaluate(server_round + self.offset, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, replies)
+        return self.inner.aggregate_evaluate(server_round + self.offset, replies)
 
     def summary(self) -> None:
         self.inner.summary()

@@ -15,10 +15,13 @@ def test_store_is_private_and_flushes_each_record(tmp_path: Path) -> None:
     store = RunStore.create(Scenario(name="t"), base_dir=tmp_path / "runs")
     assert (store.path.stat().st_mode & 0o777) == 0o700
     assert (store.path / "scenario.toml").read_text().startswith('name = "t"')
+    assert (store.path / "scenario.toml").stat().st_mode & 0o777 == 0o600
     store.append(AttackRecord(round=1, client="0", attack="x", status="exact", metrics={"psnr": float("inf")}))
-    # Readable by another reader immediately, inf kept as text rather than breaking JSON.
-    line = (store.path / "records.jsonl").read_text().splitlines()[0]
-    assert json.loads(line)["metrics"]["psnr"] == "inf"
+    # Readable by another reader immediately: JSON has no inf, so the metric is null and the
+    # value noted beside it (never a string in place of a number).
+    stored = json.loads((store.path / "records.jsonl").read_text().splitlines()[0])
+    assert stored["metrics"]["psnr"] is None
+    assert stored["non_finite"] == {"metrics.psnr": "inf"}
     with store.records_path.open("a") as fh:
         fh.write('{"torn": ')
     assert read_records(store.path) == [

@@ -145,12 +145,15 @@ class Auditor:
     def _verdict(
         record: AttackRecord, rec: Reconstruction, observation: Observation, truth: GroundTruth | None
     ) -> None:
+        """The attack's verdict, its preview and, with ground truth, its scores. Anything that
+        fails here (a preview or a metric that cannot be computed) turns the record into an
+        ``error`` with the reason: it never leaves the record."""
         record.status, record.reason = rec.status, rec.reason
         record.diagnostics.update(rec.diagnostics)
-        record.reconstruction = preview(rec, observation.model)
-        if truth is None:
-            return
         try:
-            record.metrics = score(rec, truth, observation.model)
-        except ValueError as err:  # e.g. more predictions than examples
-            record.status, record.reason, record.metrics = "error", f"unscorable reconstruction: {err}", {}
+            record.reconstruction = preview(rec, observation.model)
+            if truth is not None:
+                record.metrics = score(rec, truth, observation.model)
+        except Exception as err:  # noqa: BLE001 - e.g. more predictions than examples
+            record.status, record.metrics = "error", {}
+            record.reason = f"unscorable reconstruction: {type(err).__name__}: {err}"

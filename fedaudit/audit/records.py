@@ -1,15 +1,21 @@
 """Typed records of a run, their one JSON form, and the one per-attack summary.
 
-Three kinds of record land in ``records.jsonl``, one JSON object per line:
+Five kinds of record land in ``records.jsonl``, one JSON object per line:
 
 * ``AttackRecord``: one attack on one client's update in one round (status, reason, metrics,
   cost, diagnostics, a preview of what was recovered);
 * ``UtilityRecord``: the global model's loss and accuracy on the holdout after a round;
-* ``ClientError``: a client whose reply carried an error instead of an update.
+* ``ClientError``: a client whose reply carried an error instead of an update;
+* ``RejectedUpdate``: a reply the server refused (wrong schema, non-finite entries, a bad
+  ``num-examples``), left out of aggregation and audit;
+* ``RoundSkipped``: a round that produced no new global model (no acceptable update, or an
+  aggregate that was not finite); the global model stays as it was.
 
-``to_json`` is the only writer's format and ``from_json`` the only reader's: it also reads run
-directories written before records were typed (a line without ``type`` is an attack record;
-non-finite numbers stored as the strings "inf", "-inf", "nan" come back as floats).
+``to_json`` is the only writer's format and ``from_json`` the only reader's. JSON has no inf or
+NaN: a non-finite number is stored as null and its value noted under ``non_finite`` (e.g.
+``{"metrics.psnr": "inf"}``), from which the reader restores it, so readers meet either a
+float or nothing, never a string. The reader also takes run directories written before records
+were typed (a line without ``type`` is an attack record; "inf"/"nan" strings become floats).
 ``summarize`` is the per-attack summary the report, the sweep and ``fedaudit attack`` share.
 """
 
@@ -65,15 +71,36 @@ class ClientError:
     type: ClassVar[str] = "client_error"
 
 
-Record = Union[AttackRecord, UtilityRecord, ClientError]
-KINDS: dict[str, type] = {kind.type: kind for kind in (AttackRecord, UtilityRecord, ClientError)}
+@dataclass
+class RejectedUpdate:
+    round: int
+    client: str
+    reason: str
+    """Names the tensor or key and what is wrong with it."""
+
+    type: ClassVar[str] = "rejected_update"
+
+
+@dataclass
+class RoundSkipped:
+    round: int
+    reason: str
+
+    type: ClassVar[str] = "round_skipped"
+
+
+Record = Union[AttackRecord, UtilityRecord, ClientError, RejectedUpdate, RoundSkipped]
+KINDS: dict[str, type] = {
+    kind.type: kind for kind in (AttackRecord, UtilityRecord, ClientError, RejectedUpdate, RoundSkipped)
+}
 
 
 # ---------------------------------------------------------------- JSON form
 
 
 def to_json(record: Record) -> dict[str, Any]:
-    """The record as stored: ``type`` first; utility records keep ``client``/``attack`` null."""
+    """The record as stored: ``type`` first; utility records keep ``client``/``attack`` null;
+    non-finite numbers become null, noted under ``non_finite``."""
     out: dict[str, Any] = {"type": record.type, "round": record.round}
     if isinstance(record, UtilityRecord):
         out.update(client=None, attack=None)
@@ -81,25 +108,45 @@ def to_json(record: Record) -> dict[str, Any]:
         value = getattr(record, f.name)
         if f.name != "round" and not (f.name == "reconstruction" and value is None):
             out[f.name] = value
-    return _json_safe(out)
+    notes: dict[str, str] = {}
+    out = _json_safe(out, "", notes)
+    if notes:
+        out["non_finite"] = notes
+    return out
 
 
-def _json_safe(value: Any) -> Any:
-    """JSON has no inf/nan: they are stored as strings ("inf", "nan") rather than break the line."""
+def _json_safe(value: Any, path: str, notes: dict[str, str]) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+        notes[path] = str(value)
+        return None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): _json_safe(v, f"{path}.{k}" if path else str(k), notes) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [_json_safe(v, f"{path}.{i}", notes) for i, v in enumerate(value)]
     return value
 
 
 def _numbers(table: Any) -> dict[str, Any]:
-    """A metrics or diagnostics table read back: "inf"/"nan" strings become floats again."""
+    """A metrics or diagnostics table read back: legacy "inf"/"nan" strings become floats again."""
     if not isinstance(table, dict):
         return {}
     return {k: NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in table.items()}
+
+
+def _restore_non_finite(data: dict[str, Any]) -> None:
+    """Put back the non-finite numbers ``to_json`` stored as null (top-level and one table deep)."""
+    notes = data.pop("non_finite", None)
+    if not isinstance(notes, dict):
+        return
+    for path, text in notes.items():
+        value = NON_FINITE.get(text)
+        head, _, key = str(path).partition(".")
+        if value is None:
+            continue
+        if not key and data.get(head, 0) is None:
+            data[head] = value
+        elif isinstance(data.get(head), dict) and key in data[head] and data[head][key] is None:
+            data[head][key] = value
 
 
 def from_json(data: dict[str, Any]) -> Record | None:
@@ -107,17 +154,18 @@ def from_json(data: dict[str, Any]) -> Record | None:
     kind = KINDS.get(data.get("type", "attack"))
     if kind is AttackRecord and not data.get("attack"):
         return None
-    if kind is None or "round" not in data:
+    if kind is None or not isinstance(data.get("round"), int):
         return None
+    _restore_non_finite(data)
     values = {f.name: data[f.name] for f in dataclasses.fields(kind) if f.name in data}
     for key in ("metrics", "diagnostics"):
         if key in values:
             values[key] = _numbers(values[key])
+    if "client" in values or kind in (AttackRecord, ClientError, RejectedUpdate):
+        values["client"] = str(values.get("client", ""))
     if kind is AttackRecord:
-        values["client"] = str(values.get("client"))
         values.setdefault("status", "")
-    if kind is ClientError:
-        values.setdefault("client", "")
+    if kind is not AttackRecord and kind is not UtilityRecord:
         values.setdefault("reason", "")
     if kind is UtilityRecord:
         values.setdefault("metrics", {})
@@ -152,8 +200,17 @@ def client_errors(records: list[Record]) -> list[ClientError]:
     return [r for r in records if isinstance(r, ClientError)]
 
 
+def rejected_updates(records: list[Record]) -> list[RejectedUpdate]:
+    return [r for r in records if isinstance(r, RejectedUpdate)]
+
+
+def skipped_rounds(records: list[Record]) -> list[RoundSkipped]:
+    return [r for r in records if isinstance(r, RoundSkipped)]
+
+
 def rounds_completed(records: list[Record]) -> int:
-    """The last round whose global model was evaluated (0: only the initial model, or none)."""
+    """The last round whose global model was evaluated (0: only the initial model, or none); a
+    skipped round is evaluated too, with the weights it kept."""
     return max((r.round for r in utility_records(records)), default=0)
 
 

@@ -1,8 +1,16 @@
-"""The run store: ``runs/<run-id>/`` with the resolved scenario and ``records.jsonl``.
+"""The run store: ``runs/<run-id>/`` with the resolved scenario, ``records.jsonl`` and the
+global model after each round.
 
 Records are appended one JSON object per line (``records.to_json``) and flushed to disk as they
 are produced, so a run killed mid-way keeps every record already written; the reader
-(``records.read_records``) skips a torn last line.
+(``records.read_records``) skips a torn last line. Every file is private (0600, the directory
+0700): records and reports quote recovered client data.
+
+Resuming: the global model after round t is checkpointed (safetensors, written to a temporary
+file and renamed) before round t's utility record, the mark of a finished round. ``resume``
+finds the last finished round k, moves the records of any later, unfinished round to
+``records.discarded.jsonl`` (kept, never deleted) and returns k with its checkpoint; the two
+newest checkpoints are kept, so round k's survives a kill between a checkpoint and its record.
 """
 
 from __future__ import annotations
@@ -13,10 +21,17 @@ import secrets
 import time
 from pathlib import Path
 
-from fedaudit.audit.records import RECORDS, Record, read_records, to_json
-from fedaudit.config import Scenario
+import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from fedaudit.audit.records import RECORDS, Record, from_json, read_records, rounds_completed, to_json
+from fedaudit.config import ConfigError, Scenario
+from fedaudit.safety import write_private
 
 SCENARIO = "scenario.toml"
+DISCARDED = "records.discarded.jsonl"
+CHECKPOINT = "global-round-{:05d}.safetensors"
 
 
 class RunStore:
@@ -33,7 +48,7 @@ class RunStore:
         path = base / run_id
         path.mkdir(mode=0o700)
         path.chmod(0o700)  # mkdir's mode is filtered by the umask
-        (path / SCENARIO).write_text(scenario.to_toml(), encoding="utf-8")
+        write_private(path / SCENARIO, scenario.to_toml())
         (path / RECORDS).touch(mode=0o600)
         return cls(path)
 
@@ -46,6 +61,50 @@ class RunStore:
 
     def records(self) -> list[Record]:
         return read_records(self.path)
+
+    # -- checkpoints and resuming -----------------------------------------------------------
+    def save_checkpoint(self, server_round: int, weights: dict[str, torch.Tensor]) -> Path:
+        """The global model after ``server_round``; checkpoints older than the previous round go."""
+        tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+        path = write_private(self.path / CHECKPOINT.format(server_round), safetensors_bytes(tensors))
+        for old in self.path.glob(CHECKPOINT.replace("{:05d}", "*")):
+            if old != path and _checkpoint_round(old) < server_round - 1:
+                old.unlink(missing_ok=True)
+        return path
+
+    def load_checkpoint(self, server_round: int) -> dict[str, torch.Tensor]:
+        path = self.path / CHECKPOINT.format(server_round)
+        if not path.is_file():
+            raise ConfigError(f"--resume {self.path}: no checkpoint of round {server_round} ({path.name})")
+        return load_file(path)
+
+    def resume(self) -> int:
+        """The last finished round k; records of later rounds move to ``records.discarded.jsonl``."""
+        if not (self.path / SCENARIO).is_file() or not self.records_path.is_file():
+            raise ConfigError(f"--resume {self.path}: not a run directory (no {SCENARIO} or {RECORDS})")
+        finished = rounds_completed(self.records())
+        kept, dropped = [], []
+        for line in self.records_path.read_text(encoding="utf-8").splitlines(keepends=True):
+            (kept if _round_of(line) <= finished else dropped).append(line)
+        if dropped:
+            with (self.path / DISCARDED).open("a", encoding="utf-8") as fh:
+                fh.writelines(line if line.endswith("\n") else line + "\n" for line in dropped)
+            os.chmod(self.path / DISCARDED, 0o600)
+            write_private(self.records_path, "".join(kept))
+        return finished
+
+
+def _checkpoint_round(path: Path) -> int:
+    return int(path.name.removeprefix("global-round-").removesuffix(".safetensors"))
+
+
+def _round_of(line: str) -> float:
+    """The round of a stored line; a torn or unreadable line counts as unfinished (inf)."""
+    try:
+        record = from_json(json.loads(line))
+    except (json.JSONDecodeError, TypeError, AttributeError):
+        return float("inf")
+    return float("inf") if record is None else record.round
 
 
 __all__ = ["RECORDS", "SCENARIO", "RunStore", "read_records"]

@@ -14,11 +14,11 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from fedaudit.config import Scenario, scenario_from_toml
+from fedaudit.config import ConfigError, Scenario, scenario_from_toml
 from fedaudit.data import Examples, TextExamples, holdout_split, load_examples, partition
 from fedaudit.data.examples import seeded_rng
 from fedaudit.models import ModelBundle, build_model
-from fedaudit.training.local import Batch, encode
+from fedaudit.training.local import Batch, encode, evaluate
 
 #: Largest holdout the server evaluates each round (utility is a trend, not a benchmark).
 MAX_EVAL_EXAMPLES = 256
@@ -88,9 +88,32 @@ def sample_batches(data: FederatedData, scenario: Scenario, count: int, seed: in
 
 
 def prepare(scenario: Scenario) -> tuple[FederatedData, ModelBundle]:
-    """Load the data, check every client's shard and build the initial global model up front, so
-    bad data or model settings fail (``ConfigError``) before any simulation starts."""
-    data = federated_data(scenario)
-    for client in range(scenario.federation.clients):
-        client_shard(data, scenario, client, scenario.federation.clients)
-    return data, build_global_model(scenario, data.examples)
+    """Load the data, check every client's shard, build the initial global model and run it on
+    one example, up front, so bad data or model settings fail (``ConfigError``, one line naming
+    the key or the file) before any simulation starts."""
+    try:
+        data = federated_data(scenario)
+        for client in range(scenario.federation.clients):
+            client_shard(data, scenario, client, scenario.federation.clients)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a loader's own error, made one line
+        raise ConfigError(f"data.source = {scenario.data.source!r}: cannot be loaded ({_first_line(err)})") from None
+    try:
+        bundle = build_global_model(scenario, data.examples)
+        probe = data.train[:1] if len(data.train) else data.holdout[:1]
+        training = bundle.model.training
+        evaluate(bundle, encode_examples(bundle, data.examples.subset(probe), scenario))
+        bundle.model.train(training)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - e.g. images smaller than the model's kernels
+        raise ConfigError(
+            f"model {scenario.model.name!r} does not run on data.source = {scenario.data.source!r} ({_first_line(err)})"
+        ) from None
+    return data, bundle
+
+
+def _first_line(err: BaseException, limit: int = 120) -> str:
+    text = f"{type(err).__name__}: {err}".strip().splitlines()[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."

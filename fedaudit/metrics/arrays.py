@@ -9,6 +9,7 @@ absolute error is at most ``EXACT_TOLERANCE`` (inputs in [0, 1]).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -42,8 +43,10 @@ def psnr(prediction: np.ndarray, reference: np.ndarray) -> float:
 
 
 def ssim(prediction: np.ndarray, reference: np.ndarray) -> float:
-    """SSIM of two C x H x W images in [0, 1]."""
+    """SSIM of two C x H x W images in [0, 1]; NaN (undefined) below 3 x 3, the smallest window."""
     side = min(reference.shape[-2:])
+    if side < 3:
+        return math.nan
     window = min(7, side if side % 2 else side - 1)
     return float(structural_similarity(reference, prediction, data_range=1.0, channel_axis=0, win_size=window))
 

@@ -8,9 +8,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedaudit.audit.records import AttackRecord, ClientError, Record, UtilityRecord
+from fedaudit.audit.records import AttackRecord, ClientError, Record, RejectedUpdate, RoundSkipped, UtilityRecord
 from fedaudit.config import Scenario
-from fedaudit.report.summary import format_metrics
+from fedaudit.report.summary import fixed, format_metrics
+from fedaudit.safety import clean_text
+
+
+def untrusted(value: object) -> str:
+    """Client-controlled text as console markup: control characters and escape sequences
+    removed (``clean_text``), rich markup escaped."""
+    return escape(clean_text(value))
+
 
 STATUS_STYLE = {
     "exact": "bold red",
@@ -34,22 +42,23 @@ class RoundConsole:
         if isinstance(record, AttackRecord):
             style = STATUS_STYLE.get(record.status, "")
             self.console.print(
-                f"\\[round {record.round}/{total}] client {escape(record.client)} "
+                f"\\[round {record.round}/{total}] client {untrusted(record.client)} "
                 f"{record.attack}: [{style}]{record.status}[/] {format_metrics(record.metrics)} "
                 f"({record.seconds:.2f} s)"
             )
-        elif isinstance(record, ClientError):
-            self.console.print(
-                f"\\[round {record.round}/{total}] client {escape(record.client)} failed: {escape(record.reason)}",
-                style="magenta",
-            )
+        elif isinstance(record, (ClientError, RejectedUpdate)):
+            what = "failed" if isinstance(record, ClientError) else "update rejected"
+            who = f"\\[round {record.round}/{total}] client {untrusted(record.client)}"
+            self.console.print(f"{who} {what}: {untrusted(record.reason)}", style="magenta")
+        elif isinstance(record, RoundSkipped):
+            self.console.print(f"\\[round {record.round}/{total}] skipped: {untrusted(record.reason)}", style="magenta")
 
     def round_done(self, server_round: int) -> None:
         records = self._rounds.pop(server_round, [])
         utility = next((r.metrics for r in records if isinstance(r, UtilityRecord)), {})
         title = f"Round {server_round}/{self.scenario.federation.rounds}" if server_round else "Initial model"
         if utility:
-            title += f"  utility: loss {utility['loss']:.4f}, accuracy {utility['accuracy']:.3f}"
+            title += f"  utility: loss {fixed(utility.get('loss'), 4)}, accuracy {fixed(utility.get('accuracy'))}"
         audits = [r for r in records if isinstance(r, AttackRecord)]
         if not audits:
             self.console.print(title)
@@ -69,5 +78,5 @@ class RoundConsole:
                 cells.append(
                     "" if r is None else f"[{STATUS_STYLE.get(r.status, '')}]{r.status}[/] {format_metrics(r.metrics)}"
                 )
-            table.add_row(escape(client), *cells)
+            table.add_row(untrusted(client), *cells)
         self.console.print(table)

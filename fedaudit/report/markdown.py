@@ -1,9 +1,11 @@
 """``report.md`` from a run directory: status and metrics per round, client and attack, and the
-utility curve. Client text is untrusted: every string from a record is escaped for Markdown and
-HTML before it is written."""
+utility curve. Client text is untrusted: every string from a record goes through
+``fedaudit.safety.clean_text`` (no control characters or escape sequences) and is escaped for
+Markdown and HTML before it is written."""
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections import defaultdict
@@ -16,12 +18,15 @@ from fedaudit.audit.records import (
     attack_records,
     client_errors,
     read_records,
+    rejected_updates,
     rounds_completed,
+    skipped_rounds,
     summarize,
     utility_records,
 )
 from fedaudit.audit.store import SCENARIO
-from fedaudit.report.summary import format_metrics
+from fedaudit.report.summary import fixed, format_metrics
+from fedaudit.safety import clean_text, write_private
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,13 +38,15 @@ BARS = " ▁▂▃▄▅▆▇█"
 
 
 def md_escape(value: Any) -> str:
-    """Neutralise Markdown and HTML in untrusted text; keep it on one line."""
-    text = " ".join(str(value).split())
+    """Neutralise control characters, Markdown and HTML in untrusted text; keep it on one line."""
+    text = " ".join(clean_text(value).split())
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return _MD_SPECIAL.sub(r"\\\1", text)
 
 
-def sparkline(values: list[float]) -> str:
+def sparkline(values: list[Any]) -> str:
+    """One bar per finite value (a round with no finite value is left out)."""
+    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     if not values:
         return ""
     lo, hi = min(values), max(values)
@@ -88,6 +95,7 @@ def render_report(run_dir: str | Path) -> str:
     )
     env.filters["md"] = md_escape
     env.filters["metrics"] = format_metrics
+    env.filters["fixed"] = fixed
     env.filters["epsilon"] = lambda e: str(e) if isinstance(e, str) else f"{e:.3g}"
     return env.get_template("report.template.md").render(
         run_id=run_dir.name,
@@ -95,15 +103,16 @@ def render_report(run_dir: str | Path) -> str:
         defenses=defenses_line(scenario) if scenario else "",
         summaries=summarize(records),
         utility=utility,
-        accuracy_line=sparkline([u.metrics["accuracy"] for u in utility]),
-        loss_line=sparkline([u.metrics["loss"] for u in utility]),
+        accuracy_line=sparkline([u.metrics.get("accuracy") for u in utility]),
+        loss_line=sparkline([u.metrics.get("loss") for u in utility]),
         rounds=sorted(rounds.items()),
         errors=client_errors(records),
+        rejected=rejected_updates(records),
+        skipped=skipped_rounds(records),
         completed_rounds=rounds_completed(records),
     )
 
 
 def write_report(run_dir: str | Path) -> Path:
-    path = Path(run_dir) / "report.md"
-    path.write_text(render_report(run_dir), encoding="utf-8")
-    return path
+    """Write ``report.md`` (0600: it quotes recovered private text), atomically."""
+    return write_private(Path(run_dir) / "report.md", render_report(run_dir))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 METRIC_ABBREV = {
@@ -20,9 +21,13 @@ METRIC_ABBREV = {
 }
 
 
+def fixed(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; "nan"/"inf" as such, and "-" for a missing one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:.{digits}f}" if math.isfinite(value) else str(float(value))
+
+
 def format_metrics(metrics: dict[str, Any]) -> str:
-    parts = []
-    for key, value in metrics.items():
-        label = METRIC_ABBREV.get(key, key)
-        parts.append(f"{label} {value:.2f}" if isinstance(value, (int, float)) else f"{label} {value}")
-    return " ".join(parts)
+    """``R-1 0.98 EM 0.50``; a metric without a finite value shows as such (``PSNR inf``, ``SSIM -``)."""
+    return " ".join(f"{METRIC_ABBREV.get(key, key)} {fixed(value, 2)}" for key, value in metrics.items())

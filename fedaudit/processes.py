@@ -1,0 +1,137 @@
+"""Process hygiene: a run leaves no process behind, however it ends.
+
+Flower's simulation engine starts Ray in the run's process: a GCS server, a raylet, agents and
+one worker per virtual client, all in the run's process group. A plain ``kill -9`` of the run
+orphans them (Ray's dashboard and runtime-env agents outlive their driver for minutes). So
+``fedaudit run`` is a thin supervisor: it starts the real run as a child that leads a new
+process group (``start_new_session``), forwards Ctrl-C and SIGTERM to it, and when the child
+ends kills whatever is left in that group. The child gets SIGHUP if the supervisor dies
+(``PR_SET_PDEATHSIG``), so even ``kill -9`` of the supervisor ends in the child's clean stop:
+records already written, the report of what finished, then its own group ended. (The child
+runs Flower off its main thread, so its own handlers, not Ray's, get these signals:
+``fedaudit.cli``.)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import psutil
+
+#: Set in a supervised child's environment: the child runs the command itself.
+SUPERVISED_ENV = "FEDAUDIT_SUPERVISED"
+#: Seconds a child gets to stop cleanly after a forwarded signal before its group is killed.
+STOP_GRACE_SECONDS = 20.0
+#: Seconds processes of an ending group get between SIGTERM and SIGKILL.
+KILL_GRACE_SECONDS = 3.0
+_PR_SET_PDEATHSIG = 1
+
+
+def supervised() -> bool:
+    return os.environ.get(SUPERVISED_ENV) == "1"
+
+
+def die_with_parent(sig: int = signal.SIGHUP) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (a no-op elsewhere).
+    Meant for ``preexec_fn``: it runs in the child between fork and exec."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), sig)
+
+
+def run_supervised(argv: Sequence[str]) -> int:
+    """Run ``python -m fedaudit.cli *argv`` as a child leading its own process group; returns
+    its exit status (128 + signal for a signal)."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "fedaudit.cli", *argv],
+        env={**os.environ, SUPERVISED_ENV: "1"},
+        start_new_session=True,
+        preexec_fn=die_with_parent,  # noqa: PLW1509 - the supervisor forks from its one thread
+    )
+    stopping: list[float] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        if stopping:  # a second Ctrl-C: no more waiting
+            end_group(child.pid, grace=0.0)
+        stopping.append(time.monotonic())
+        # Only the child: it stops its Ray processes itself, after writing what finished.
+        _quietly(lambda: os.kill(child.pid, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM))
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            code = child.wait(timeout=1.0)
+            break
+        except subprocess.TimeoutExpired:
+            if stopping and time.monotonic() - stopping[0] > STOP_GRACE_SECONDS:
+                end_group(child.pid, grace=0.0)
+    end_group(child.pid)
+    return code if code >= 0 else 128 - code
+
+
+#: Why a supervised run stopped, by the signal it got.
+STOP_REASONS = {
+    signal.SIGINT: "Ctrl-C (SIGINT)",
+    signal.SIGTERM: "SIGTERM",
+    signal.SIGHUP: "SIGHUP: the supervising process or terminal went away",
+}
+
+
+def stop_on_signals() -> None:
+    """In the child: SIGINT, SIGTERM and SIGHUP stop the run (``KeyboardInterrupt`` naming why)."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(STOP_REASONS.get(signum, signal.Signals(signum).name))
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
+
+
+def silence_output() -> None:
+    """Send this process's stdout and stderr to /dev/null: once a stopped run has said what it
+    kept, the tracebacks of Ray actors being ended would only bury that line."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+
+
+def end_group(pgid: int | None = None, grace: float = KILL_GRACE_SECONDS) -> list[int]:
+    """SIGTERM every process of process group ``pgid`` (default: this process's) except this
+    process, SIGKILL those still alive after ``grace`` seconds; returns their pids."""
+    pgid = os.getpgid(0) if pgid is None else pgid
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and os.getpgid(proc.pid) == pgid:
+                members.append(proc)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    for proc in members:
+        _quietly(proc.terminate)
+    _, alive = psutil.wait_procs(members, timeout=grace)
+    for proc in alive:
+        _quietly(proc.kill)
+    psutil.wait_procs(alive, timeout=2.0)
+    return [p.pid for p in members]
+
+
+def _quietly(action) -> None:
+    try:
+        action()
+    except (psutil.Error, ProcessLookupError):
+        pass
