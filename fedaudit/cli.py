@@ -64,6 +64,9 @@ def run(
     resume: Annotated[
         Optional[Path], typer.Option(help="Continue this killed run (a run directory) after its last finished round.")
     ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only check the scenario, its data and its model (one forward pass).")
+    ] = False,
 ) -> None:
     """Run a federated simulation in which the server audits every client update."""
     from fedaudit.audit.store import SCENARIO, RunStore
@@ -76,6 +79,9 @@ def run(
     sc = _load(resume / SCENARIO if resume is not None else scenario, set_)
     try:
         prepare(sc)
+        if check:
+            console.print(f"Scenario {escape(sc.name)}: the schema, the data and the model check out.")
+            return
         store = RunStore(resume) if resume is not None else RunStore.create(sc)
     except ConfigError as err:
         fail(str(err))
@@ -106,7 +112,7 @@ def _simulate(sc: Scenario, store, verbose: bool, resume: bool) -> str | None:
     def simulate() -> None:
         try:
             run_simulation(
-                server_app=build_server_app(sc, store.path, resume=resume),
+                server_app=build_server_app(sc, store, resume=resume),
                 client_app=build_client_app(sc),
                 num_supernodes=sc.federation.clients,
                 backend_config={
@@ -129,6 +135,7 @@ def _simulate(sc: Scenario, store, verbose: bool, resume: bool) -> str | None:
         while thread.is_alive():
             thread.join(0.5)
     except KeyboardInterrupt as err:
+        store.close()  # what the dying round produces from here on is not part of the run
         return f"stopped by {err.args[0] if err.args else 'Ctrl-C'}"
     if failure:
         cause = failure[0].__cause__ or failure[0]
@@ -253,7 +260,7 @@ def sweep(
 def main() -> None:
     # ``fedaudit run`` supervises its own run (``fedaudit.processes``): no Ray process outlives it.
     argv = sys.argv[1:]
-    if argv[:1] == ["run"] and "--help" not in argv and not processes.supervised():
+    if argv[:1] == ["run"] and not {"--help", "--check"} & set(argv) and not processes.supervised():
         sys.exit(processes.run_supervised(argv))
     if not processes.supervised():
         _main()

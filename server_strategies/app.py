@@ -8,7 +8,6 @@ auditor sits where a curious server does: between the clipping and the noise
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -80,20 +79,24 @@ def run_audited_federation(grid: Grid, scenario: Scenario, store: RunStore, resu
         ),
         evaluate_fn=evaluate_global,
     )
-    write_report(store.path)
+    if not store.closed:
+        store.keep_last_checkpoint()
+        write_report(store.path)
 
 
-def build_server_app(scenario: Scenario | None = None, run_dir: Path | None = None, resume: bool = False) -> ServerApp:
-    """A ServerApp for ``scenario`` writing to ``run_dir`` (continuing its run with ``resume``);
+def build_server_app(
+    scenario: Scenario | None = None, store: RunStore | None = None, resume: bool = False
+) -> ServerApp:
+    """A ServerApp for ``scenario`` writing to ``store`` (continuing its run with ``resume``);
     by default both come from the run config."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         active = scenario or scenario_from_run_config(context.run_config)
-        store = RunStore(run_dir) if run_dir is not None else RunStore.create(active)
-        print(f"fedaudit run directory: {store.path}", flush=True)
-        run_audited_federation(grid, active, store, resume=resume and run_dir is not None)
+        run_store = store if store is not None else RunStore.create(active)
+        print(f"fedaudit run directory: {run_store.path}", flush=True)
+        run_audited_federation(grid, active, run_store, resume=resume and store is not None)
 
     return app
 

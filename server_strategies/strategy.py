@@ -93,6 +93,19 @@ def reply_problem(msg: Message, global_weights: dict[str, torch.Tensor], scenari
     return problem
 
 
+def _common_metrics(replies: list[Message]) -> None:
+    """Keep in each reply's metrics only the numbers every reply reports: the inner strategy
+    averages them key by key and stops the round on a key one client lacks or adds."""
+    tables = [_metrics(msg) for msg in replies]
+    shared = set.intersection(*({k for k, v in t.items() if _is_number(v)} for t in tables)) if tables else set()
+    for msg, table in zip(replies, tables):
+        msg.content["metrics"] = MetricRecord({k: v for k, v in table.items() if k in shared})
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _truth(msg: Message) -> GroundTruth:
     gt = msg.content["audit"].to_torch_state_dict()
     return GroundTruth(**{k: gt[k] for k in ("labels", "input_ids", "attention_mask", "features") if k in gt})
@@ -169,6 +182,7 @@ class AuditingStrategy(Strategy):
             self.audit_reply(server_round, msg, global_weights)
             for key in [k for k in msg.content.keys() if k not in AGGREGATED_KEYS]:
                 del msg.content[key]
+        _common_metrics(accepted)
         arrays, metrics = self.inner.aggregate_train(server_round, accepted)
         if arrays is None:
             return None, metrics

@@ -41,3 +41,13 @@ def run_cli(*args: str, timeout: float = 600, **kwargs):
 
     exe = shutil.which("fedaudit") or str(Path(sys.executable).parent / "fedaudit")
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, **kwargs)
+
+
+@pytest.fixture
+def flower_identity(monkeypatch):
+    """The task identity Flower's Message needs outside a running app."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1, raising=False)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1, raising=False)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1, raising=False)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+
 from fedaudit import federation
 from fedaudit.attacks import Observation
 from fedaudit.audit.truth import GroundTruth
@@ -19,3 +22,11 @@ def client_updates(sc: Scenario, batches: int, seed: int = 0) -> list[tuple[Obse
     data = federation.federated_data(sc)
     public = federation.build_global_model(sc, data.examples)
     return list(sampled_updates(sc, data, public, batches, seed))
+
+
+def train_message(weights: dict[str, torch.Tensor], node: int, server_round: int = 1) -> Message:
+    """The training instruction a server sends to ``node`` (needs the ``flower_identity`` fixture)."""
+    content = RecordDict(
+        {"arrays": ArrayRecord.from_torch_state_dict(weights), "config": ConfigRecord({"server-round": server_round})}
+    )
+    return Message(content=content, dst_node_id=node, message_type="train")

@@ -7,9 +7,7 @@ import math
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients.app import client_round
 from fedaudit import federation
@@ -18,7 +16,7 @@ from fedaudit.config import ClipDefense, ConfigError, NoiseDefense, PruneDefense
 from fedaudit.defenses import apply_update_defenses, clip, noise, prune, quantize
 from server_strategies.strategy import AuditingStrategy
 from tests.conftest import TINY_GPT2
-from tests.helpers import scenario
+from tests.helpers import scenario, train_message
 
 
 def _update(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -114,20 +112,6 @@ def test_fedavg_client_prunes_its_weight_difference() -> None:
         assert 0 < changed <= math.ceil(0.1 * w.numel())
 
 
-def _train_message(weights: dict[str, torch.Tensor], node: int) -> Message:
-    content = RecordDict(
-        {"arrays": ArrayRecord.from_torch_state_dict(weights), "config": ConfigRecord({"server-round": 1})}
-    )
-    return Message(content=content, dst_node_id=node, message_type="train")
-
-
-@pytest.fixture
-def flower_identity(monkeypatch):
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1, raising=False)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1, raising=False)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1, raising=False)
-
-
 def test_secure_aggregation_shows_the_auditor_only_group_sums(cola_path, flower_identity) -> None:
     clients = 4
     sc = scenario(
@@ -148,7 +132,7 @@ def test_secure_aggregation_shows_the_auditor_only_group_sums(cola_path, flower_
     )
     weights = {k: v.clone() for k, v in public.trainable_state().items()}
     strategy._global = {1: weights}
-    replies = [client_round(sc, _train_message(weights, node=10 + p), p, clients) for p in range(clients)]
+    replies = [client_round(sc, train_message(weights, node=10 + p), p, clients) for p in range(clients)]
     individual = [r.content["arrays"].to_torch_state_dict() for r in replies]
     truths = [r.content["audit"].to_torch_state_dict() for r in replies]
 

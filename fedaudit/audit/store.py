@@ -38,6 +38,12 @@ class RunStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.records_path = self.path / RECORDS
+        self.closed = False
+        """Set when the run is being stopped: what its threads produce afterwards (clients
+        failing as their processes end) is not part of the run and is not written."""
+
+    def close(self) -> None:
+        self.closed = True
 
     @classmethod
     def create(cls, scenario: Scenario, base_dir: str | Path | None = None) -> RunStore:
@@ -53,6 +59,8 @@ class RunStore:
         return cls(path)
 
     def append(self, record: Record) -> None:
+        if self.closed:
+            return
         line = json.dumps(to_json(record), allow_nan=False, ensure_ascii=False)
         with self.records_path.open("a", encoding="utf-8") as fh:
             fh.write(line + "\n")
@@ -65,6 +73,9 @@ class RunStore:
     # -- checkpoints and resuming -----------------------------------------------------------
     def save_checkpoint(self, server_round: int, weights: dict[str, torch.Tensor]) -> Path:
         """The global model after ``server_round``; checkpoints older than the previous round go."""
+        path = self.path / CHECKPOINT.format(server_round)
+        if self.closed:
+            return path
         tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
         path = write_private(self.path / CHECKPOINT.format(server_round), safetensors_bytes(tensors))
         for old in self.path.glob(CHECKPOINT.replace("{:05d}", "*")):
@@ -82,6 +93,8 @@ class RunStore:
         """The last finished round k; records of later rounds move to ``records.discarded.jsonl``."""
         if not (self.path / SCENARIO).is_file() or not self.records_path.is_file():
             raise ConfigError(f"--resume {self.path}: not a run directory (no {SCENARIO} or {RECORDS})")
+        for torn in self.path.glob(".*.tmp"):  # a write cut short by the kill
+            torn.unlink()
         finished = rounds_completed(self.records())
         kept, dropped = [], []
         for line in self.records_path.read_text(encoding="utf-8").splitlines(keepends=True):
@@ -92,6 +105,12 @@ class RunStore:
             os.chmod(self.path / DISCARDED, 0o600)
             write_private(self.records_path, "".join(kept))
         return finished
+
+    def keep_last_checkpoint(self) -> None:
+        """After the last round: only the final global model stays."""
+        found = sorted(self.path.glob(CHECKPOINT.replace("{:05d}", "*")), key=_checkpoint_round)
+        for old in found[:-1]:
+            old.unlink(missing_ok=True)
 
 
 def _checkpoint_round(path: Path) -> int:
