@@ -176,7 +176,9 @@ def read_records(run_dir: str | Path) -> list[Record]:
     """Every complete record of a run, typed; a torn final line (killed while writing) and lines
     of unknown kinds are skipped."""
     out = []
-    for line in (Path(run_dir) / RECORDS).read_text(encoding="utf-8").splitlines():
+    # Split on "\n" only: str.splitlines would also split on the U+0085 and U+2028 a client's
+    # text may hold, and cut its record in two.
+    for line in (Path(run_dir) / RECORDS).read_text(encoding="utf-8").split("\n"):
         if not line.strip():
             continue
         try:

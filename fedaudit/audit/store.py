@@ -97,11 +97,12 @@ class RunStore:
             torn.unlink()
         finished = rounds_completed(self.records())
         kept, dropped = [], []
-        for line in self.records_path.read_text(encoding="utf-8").splitlines(keepends=True):
-            (kept if _round_of(line) <= finished else dropped).append(line)
+        for line in self.records_path.read_text(encoding="utf-8").split("\n"):
+            if line.strip():
+                (kept if _round_of(line) <= finished else dropped).append(line + "\n")
         if dropped:
             with (self.path / DISCARDED).open("a", encoding="utf-8") as fh:
-                fh.writelines(line if line.endswith("\n") else line + "\n" for line in dropped)
+                fh.writelines(dropped)
             os.chmod(self.path / DISCARDED, 0o600)
             write_private(self.records_path, "".join(kept))
         return finished

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import gzip
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -169,12 +170,23 @@ def _to_nchw(images: np.ndarray, where: str) -> np.ndarray:
 def _load_npz(path: Path) -> ArrayExamples:
     if not path.is_file():
         raise DataError(f"data.source: file not found: {path}")
-    with np.load(path, allow_pickle=False) as archive:
-        missing = [k for k in ("images", "labels") if k not in archive.files]
-        if missing:
-            raise DataError(f"data.source: {path} has no {missing[0]!r} array (arrays: {', '.join(archive.files)})")
-        images, labels = archive["images"], archive["labels"]
-        names = [str(c) for c in archive["classes"]] if "classes" in archive.files else None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in ("images", "labels") if k not in archive.files]
+            if missing:
+                raise DataError(f"data.source: {path} has no {missing[0]!r} array (arrays: {', '.join(archive.files)})")
+            images, labels = archive["images"], archive["labels"]
+            names = [str(c) for c in archive["classes"]] if "classes" in archive.files else None
+    except DataError:
+        raise
+    except ValueError as err:
+        # numpy refuses object arrays (pickled Python objects) and says to allow pickle; never.
+        why = "holds object arrays (pickled Python objects, never loaded)" if "pickle" in str(err) else "is unreadable"
+        raise DataError(f"data.source: {path} {why}") from None
+    except (OSError, EOFError, zipfile.BadZipFile):
+        raise DataError(f"data.source: {path} is not an .npz archive (numpy.savez)") from None
+    if labels.dtype.kind not in "iub":
+        raise DataError(f"data.source: {path}: labels must be integers, got {labels.dtype}")
     return _images(_to_nchw(images, str(path)), labels, names, str(path))
 
 

@@ -101,6 +101,7 @@ def prepare(scenario: Scenario) -> tuple[FederatedData, ModelBundle]:
         raise ConfigError(f"data.source = {scenario.data.source!r}: cannot be loaded ({_first_line(err)})") from None
     try:
         bundle = build_global_model(scenario, data.examples)
+        _check_positions(bundle, scenario)
         probe = data.train[:1] if len(data.train) else data.holdout[:1]
         training = bundle.model.training
         evaluate(bundle, encode_examples(bundle, data.examples.subset(probe), scenario))
@@ -112,6 +113,16 @@ def prepare(scenario: Scenario) -> tuple[FederatedData, ModelBundle]:
             f"model {scenario.model.name!r} does not run on data.source = {scenario.data.source!r} ({_first_line(err)})"
         ) from None
     return data, bundle
+
+
+def _check_positions(bundle: ModelBundle, scenario: Scenario) -> None:
+    """training.max_seq_len within the positions the model has (longer text would fail mid-run)."""
+    config = getattr(bundle.model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if bundle.is_text and isinstance(limit, int) and scenario.training.max_seq_len > limit:
+        raise ConfigError(
+            f"training.max_seq_len = {scenario.training.max_seq_len}: {scenario.model.name!r} has {limit} positions"
+        )
 
 
 def _first_line(err: BaseException, limit: int = 120) -> str:
