@@ -5,6 +5,7 @@ Scenario problems print one line (``fedaudit: error: ...``) and exit with status
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -31,6 +32,12 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
+#: Libraries whose retry warnings (a hub id that cannot be reached is retried with a warning each
+#: time) would bury the one error line; ``--verbose`` shows them.
+QUIET_LOGGERS = ("huggingface_hub", "transformers", "urllib3", "filelock", "datasets")
+for _name in QUIET_LOGGERS:
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -43,8 +50,14 @@ ScenarioArg = Annotated[Optional[Path], typer.Argument(help="Scenario TOML (defa
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: section.key=value (repeatable).")]
 
 
+#: An error line longer than this is cut: it echoes values, and values can be whole files.
+ERROR_CHARS = 300
+
+
 def fail(message: str) -> None:
-    typer.echo(f"fedaudit: error: {message}", err=True)
+    """One line on stderr (control characters removed, cut to ``ERROR_CHARS``), exit status 2."""
+    line = f"fedaudit: error: {clean_text(message)}"
+    typer.echo(line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 3] + "...", err=True)
     raise typer.Exit(2)
 
 
@@ -69,6 +82,9 @@ def run(
     ] = False,
 ) -> None:
     """Run a federated simulation in which the server audits every client update."""
+    if verbose:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.INFO)
     from fedaudit.audit.store import SCENARIO, RunStore
     from fedaudit.federation import prepare
 
@@ -98,8 +114,6 @@ def run(
 
 def _simulate(sc: Scenario, store, verbose: bool, resume: bool) -> str | None:
     """Flower's simulation of the scenario; None when it ran to its end, else why it stopped."""
-    import logging
-
     from flwr.simulation import run_simulation
 
     from clients.app import build_client_app
@@ -247,7 +261,7 @@ def sweep(
     def progress(result, done: int, total: int) -> None:
         from rich.markup import escape
 
-        status = f"[magenta]failed: {escape(result.error)}[/]" if result.error else "done"
+        status = f"[magenta]failed: {escape(clean_text(result.error))}[/]" if result.error else "done"
         console.print(
             f"[{done}/{total}] cell {result.cell.index} ({result.cell.label}): {status} ({result.seconds:.0f} s)",
             markup=True,
@@ -285,8 +299,10 @@ def _main() -> None:
     try:
         app()
     except ConfigError as err:  # raised late, e.g. inside a data loader
-        typer.echo(f"fedaudit: error: {err}", err=True)
-        sys.exit(2)
+        try:
+            fail(str(err))
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
 
 
 if __name__ == "__main__":

@@ -27,12 +27,9 @@ class ConfigError(ValueError):
     """A scenario problem, phrased as one line a user can act on."""
 
 
-#: Seeds go to numpy's and torch's generators: 0..2**32 - 1.
-SEED_MAX = 2**32 - 1
-#: An attack budget longer than a week is a typo, and an infinite one overflows the deadline.
-BUDGET_MAX_SECONDS = 7 * 24 * 3600.0
-#: Echoed values in error lines are cut here, so one line stays one line.
-ECHO_CHARS = 60
+# Seeds go to numpy's and torch's generators; a budget over a week is a typo (an infinite one
+# overflows the deadline); echoed values are cut, so an error stays one line.
+SEED_MAX, BUDGET_MAX_SECONDS, ECHO_CHARS = 2**32 - 1, 7 * 24 * 3600.0, 60
 
 
 class _Section(BaseModel):
@@ -50,13 +47,11 @@ class LoraConfig(_Section):
     (GPT-2: c_attn; LLaMA: q_proj, v_proj; BERT: query, value)."""
 
 
-#: Architecture keys (GPT-2, LLaMA, BERT configs) that count something: layers, heads, widths.
-COUNT_KEYS = (
+COUNT_KEYS = (  # architecture keys (GPT-2, LLaMA, BERT) that count layers, heads, widths
     "n_layer", "n_head", "n_embd", "n_positions", "n_inner", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "hidden_size", "intermediate_size", "max_position_embeddings", "vocab_size",
 )  # fmt: skip
-#: (width, heads) pairs: attention splits the width into equal heads.
-WIDTH_HEADS = (("n_embd", "n_head"), ("hidden_size", "num_attention_heads"))
+WIDTH_HEADS = (("n_embd", "n_head"), ("hidden_size", "num_attention_heads"))  # equal heads split the width
 
 
 class ModelConfig(_Section):
@@ -74,8 +69,7 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _architecture_in_range(self) -> ModelConfig:
-        """The transformer sizes every family shares: counts >= 1, widths divisible by heads
-        (the rest of ``config`` is checked when the model is built, at start-up)."""
+        """Counts >= 1, widths divisible by heads; the rest is checked when the model is built."""
         c = self.config
         for key in COUNT_KEYS:
             value = c.get(key)
@@ -326,8 +320,7 @@ def _format_error(err: ValidationError) -> str:
 
 
 def _echo(value: Any) -> str:
-    """``repr(value)``, cut to ``ECHO_CHARS`` (a value can be a whole pasted file)."""
-    text = repr(value)
+    text = repr(value)  # cut: a value can be a whole pasted file
     return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 3] + "..."
 
 

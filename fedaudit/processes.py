@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import psutil
 
@@ -29,25 +29,33 @@ SUPERVISED_ENV = "FEDAUDIT_SUPERVISED"
 #: Seconds a child gets to stop cleanly after a forwarded signal before its group is killed.
 STOP_GRACE_SECONDS = 20.0
 #: Seconds processes of an ending group get between SIGTERM and SIGKILL.
-KILL_GRACE_SECONDS = 3.0
+KILL_GRACE_SECONDS = 2.0
 _PR_SET_PDEATHSIG = 1
+try:
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - no C library to load
+    _LIBC = None
 
 
 def supervised() -> bool:
     return os.environ.get(SUPERVISED_ENV) == "1"
 
 
-def die_with_parent(sig: int = signal.SIGHUP) -> None:
-    """Ask Linux to send ``sig`` to this process when its parent dies (a no-op elsewhere).
-    Meant for ``preexec_fn``: it runs in the child between fork and exec."""
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os.kill(os.getpid(), sig)
+def die_with_parent(sig: int = signal.SIGHUP) -> Callable[[], None]:
+    """A ``preexec_fn`` asking Linux to send ``sig`` to the child when this process (its parent)
+    dies. The parent's pid and libc are taken here, before the fork, so the child only makes
+    the one call, and sees a parent that died before it could (its parent pid changed)."""
+    parent = os.getpid()
+    prctl = getattr(_LIBC, "prctl", None)
+
+    def preexec() -> None:
+        if prctl is None:  # not Linux: no parent-death signal
+            return
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 def run_supervised(argv: Sequence[str]) -> int:
@@ -57,7 +65,7 @@ def run_supervised(argv: Sequence[str]) -> int:
         [sys.executable, "-m", "fedaudit.cli", *argv],
         env={**os.environ, SUPERVISED_ENV: "1"},
         start_new_session=True,
-        preexec_fn=die_with_parent,  # noqa: PLW1509 - the supervisor forks from its one thread
+        preexec_fn=die_with_parent(),  # the supervisor forks from its one thread
     )
     stopping: list[float] = []
 

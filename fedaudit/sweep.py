@@ -2,24 +2,30 @@
 utility and privacy budget.
 
 Each cell is an ordinary ``fedaudit run`` (a subprocess, so cells are isolated and can run side
-by side) writing into ``<sweep>/cell-NN/``. After every cell, ``sweep.csv`` and ``sweep.md`` are
-rewritten from every cell finished so far, so a sweep stopped mid-way keeps what it measured,
-and ``resume`` runs only the cells it lacks (a cell counts as finished when its run directory
-holds the same resolved scenario and a utility record for every round). ``sweep.png`` plots
-the headline leakage of each attack against the final global accuracy and, when clients ran
-DP-SGD, against epsilon.
+by side) writing into ``<sweep>/cell-NN/``. After every cell, ``sweep.csv``, ``sweep.md`` and
+``sweep.png`` are rewritten (``write_private``: unique temporary file, atomic rename) from every
+cell finished so far, so a sweep stopped mid-way keeps what it measured, and ``resume`` runs only
+the cells it lacks (a cell counts as finished when its run directory holds the same resolved
+scenario and a utility record for every round). ``sweep.png`` plots the headline leakage of each
+attack against the final global accuracy and, when clients ran DP-SGD, against epsilon.
+
+Kills and double runs (``fedaudit.sweep_cells``): a running cell holds ``<sweep>/cell-NN.lock``, and
+a cell whose lock names a live process is skipped ("running elsewhere"), never run twice at once.
+SIGTERM or Ctrl-C ends every running cell's process group, writes what finished and exits with
+128 + the signal; ``kill -9`` of the sweep still ends its cells (parent-death signal).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import itertools
 import math
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +42,16 @@ from fedaudit.audit.records import (
 )
 from fedaudit.audit.store import SCENARIO
 from fedaudit.config import ConfigError, Scenario, parse_override
+from fedaudit.safety import write_private
 from fedaudit.scenario import load_scenario
+from fedaudit.sweep_cells import Cells, Stopped, acquire_lock, stop_on_signals
 
 #: The metric that stands for "how much leaked" in the plot, by preference (text, images, tables, labels).
 HEADLINE_METRICS = ("rouge1", "psnr", "feature_accuracy", "label_accuracy", "token_recall")
+#: The metrics sweep.md shows, in this order, when any cell has them.
+TABLE_METRICS = tuple(
+    "rouge1 rouge2 exact_match token_recall psnr ssim exact_fraction feature_accuracy label_accuracy".split()
+)
 
 
 @dataclass(frozen=True)
@@ -162,28 +174,41 @@ def _earlier_seconds(sweep_dir: Path) -> dict[int, float]:
         }
 
 
-def run_cell(cell: Cell, scenario_path: Path | None, overrides: list[str], sweep_dir: Path) -> CellResult:
-    """``fedaudit run`` for one cell, in a subprocess; its run directory and records."""
-    cell_dir = sweep_dir / f"cell-{cell.index:02d}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "fedaudit.cli",
-        "run",
-        *([str(scenario_path)] if scenario_path else []),
-        *(arg for o in _cell_overrides(cell, overrides, sweep_dir) for arg in ("--set", o)),
-    ]
+def _cell_command(cell: Cell, scenario_path: Path | None, overrides: list[str], sweep_dir: Path) -> list[str]:
+    scenario = [str(scenario_path)] if scenario_path else []
+    sets = [arg for o in _cell_overrides(cell, overrides, sweep_dir) for arg in ("--set", o)]
+    return [sys.executable, "-m", "fedaudit.cli", "run", *scenario, *sets]
+
+
+def run_cell(cell: Cell, scenario_path: Path | None, overrides: list[str], sweep_dir: Path, cells: Cells) -> CellResult:
+    """``fedaudit run`` for one cell, in a subprocess holding the cell's lock; its run directory and
+    records (none when another process holds the lock or the sweep is stopping)."""
+    lock = sweep_dir / f"cell-{cell.index:02d}.lock"
+    holder = acquire_lock(lock)
+    if holder is not None:
+        return CellResult(cell, None, None, error=f"running elsewhere (pid {holder or '?'})")
+    try:
+        return _run_locked(cell, _cell_command(cell, scenario_path, overrides, sweep_dir), sweep_dir, cells, lock)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _run_locked(cell: Cell, cmd: list[str], sweep_dir: Path, cells: Cells, lock: Path) -> CellResult:
     log_path = sweep_dir / f"cell-{cell.index:02d}.log"
     start = time.perf_counter()
     with log_path.open("w", encoding="utf-8") as log:
-        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
-    seconds = time.perf_counter() - start
+        returncode = cells.run(cell.index, cmd, log, lock)
+    if returncode is None:
+        return CellResult(cell, None, None, error=f"not run: {cells.stopped}")
+    cell_dir = sweep_dir / f"cell-{cell.index:02d}"
     runs = sorted(p for p in cell_dir.glob("*") if (p / RECORDS).is_file()) if cell_dir.is_dir() else []
-    result = CellResult(cell, runs[-1] if runs else None, seconds)
-    if done.returncode != 0:
+    result = CellResult(cell, runs[-1] if runs else None, time.perf_counter() - start)
+    if returncode != 0 and cells.stopped:
+        result.error = f"stopped: {cells.stopped}"
+    elif returncode != 0:
         tail = log_path.read_text(encoding="utf-8").strip().splitlines()
         errors = [line for line in tail if "error" in line.lower()]
-        result.error = (errors or tail or [f"exit status {done.returncode}"])[-1][:300]
+        result.error = (errors or tail or [f"exit status {returncode}"])[-1][:300]
     if result.run_dir is not None:
         result.rows = summarize_cell(read_records(result.run_dir))
     return result
@@ -246,14 +271,13 @@ def table_rows(results: list[CellResult], grid: dict[str, list[Any]]) -> list[di
 
 def write_outputs(sweep_dir: Path, rows: list[dict[str, Any]], grid: dict[str, list[Any]], title: str) -> None:
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    tmp = sweep_dir / "sweep.csv.tmp"
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(sweep_dir / "sweep.csv")
-    (sweep_dir / "sweep.md").write_text(markdown(rows, grid, title), encoding="utf-8")
-    plot(rows, grid, sweep_dir / "sweep.png", title)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_private(sweep_dir / "sweep.csv", text.getvalue())
+    write_private(sweep_dir / "sweep.md", markdown(rows, grid, title))
+    write_private(sweep_dir / "sweep.png", plot(rows, grid, title))
 
 
 def _fmt(value: Any) -> str:
@@ -267,39 +291,17 @@ def _fmt(value: Any) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], grid: dict[str, list[Any]], title: str) -> str:
-    metric_keys = [
-        k
-        for k in (
-            "rouge1",
-            "rouge2",
-            "exact_match",
-            "token_recall",
-            "psnr",
-            "ssim",
-            "exact_fraction",
-            "feature_accuracy",
-            "label_accuracy",
-        )
-        if any(k in r for r in rows)
-    ]
-    columns = [
-        *grid,
-        "attack",
-        "statuses",
-        *metric_keys,
-        "accuracy",
-        "epsilon",
-        "attack_seconds",
-        "cell_seconds",
-        "error",
-    ]
+    metric_keys = [k for k in TABLE_METRICS if any(k in r for r in rows)]
+    tail = "accuracy epsilon attack_seconds cell_seconds error".split()
+    columns = [*grid, "attack", "statuses", *metric_keys, *tail]
     lines = [f"# {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict[str, Any]], grid: dict[str, list[Any]], path: Path, title: str) -> None:
+def plot(rows: list[dict[str, Any]], grid: dict[str, list[Any]], title: str) -> bytes:
+    """The PNG of headline leakage against accuracy (and epsilon, when clients ran DP-SGD)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -335,8 +337,10 @@ def plot(rows: list[dict[str, Any]], grid: dict[str, list[Any]], path: Path, tit
             ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
+    return png.getvalue()
 
 
 def sweep(
@@ -349,7 +353,8 @@ def sweep(
     resume: bool = False,
 ) -> Path:
     """Run every cell (``workers`` at a time; with ``resume``, only those ``out_dir`` has not
-    finished); returns the sweep directory."""
+    finished); returns the sweep directory. SIGTERM or Ctrl-C ends the running cells, writes
+    what finished and exits with 128 + the signal."""
     cells = plan(scenario_path, grid, overrides)
     base: Scenario = load_scenario(scenario_path, overrides)
     sweep_dir = Path(out_dir or Path(base.output.dir) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{base.name}")
@@ -364,11 +369,24 @@ def sweep(
         cells = [c for c in cells if c.index not in done]
         if results:
             write_outputs(sweep_dir, table_rows(results, grid), grid, title)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(run_cell, cell, scenario_path, overrides, sweep_dir) for cell in cells]
-        for future in as_completed(futures):
-            results.append(future.result())
+    running, kept, futures = Cells(), list(results), []
+    with ThreadPoolExecutor(max_workers=workers) as pool, stop_on_signals():
+        try:
+            futures += [pool.submit(run_cell, cell, scenario_path, overrides, sweep_dir, running) for cell in cells]
+            for future in as_completed(futures):
+                results.append(future.result())
+                write_outputs(sweep_dir, table_rows(results, grid), grid, title)
+                if progress is not None:  # a skipped cell took no time here
+                    progress(dataclasses.replace(results[-1], seconds=results[-1].seconds or 0.0), len(results), total)
+        except Stopped as stopped:
+            for future in futures:
+                future.cancel()
+            running.stop(f"the sweep got {stopped}")
+            wait(futures)
+            results = kept + [f.result() for f in futures if f.done() and not f.cancelled()]
             write_outputs(sweep_dir, table_rows(results, grid), grid, title)
-            if progress is not None:
-                progress(results[-1], len(results), total)
+            print(
+                f"fedaudit sweep: stopped by {stopped}; the outputs in {sweep_dir} hold what finished", file=sys.stderr
+            )
+            raise SystemExit(128 + stopped.signum) from None
     return sweep_dir

@@ -25,7 +25,17 @@ CLIENTS = 3
 
 @pytest.fixture(scope="module")
 def honest(cola_path):
-    """The scenario, the global weights and each client's honest reply (tensors and metrics)."""
+    with pytest.MonkeyPatch.context() as mp:
+        from flwr.supercore.task_identity import TaskIdentity
+
+        for key in ("_run_id", "_node_id", "_task_id"):
+            mp.setattr(TaskIdentity, key, 1, raising=False)
+        return honest_round(cola_path)
+
+
+def honest_round(cola_path):
+    """The scenario, the public model, the global weights and each client's honest reply
+    (tensors and metrics); needs Flower's task identity set (``flower_identity``)."""
     sc = scenario(
         *TINY_GPT2,
         f"data.source={cola_path}",
@@ -36,12 +46,7 @@ def honest(cola_path):
     data = federation.federated_data(sc)
     public = federation.build_global_model(sc, data.examples)
     weights = {k: v.clone() for k, v in public.trainable_state().items()}
-    with pytest.MonkeyPatch.context() as mp:
-        from flwr.supercore.task_identity import TaskIdentity
-
-        for key in ("_run_id", "_node_id", "_task_id"):
-            mp.setattr(TaskIdentity, key, 1, raising=False)
-        replies = [client_round(sc, train_message(weights, node=10 + p), p, CLIENTS) for p in range(CLIENTS)]
+    replies = [client_round(sc, train_message(weights, node=10 + p), p, CLIENTS) for p in range(CLIENTS)]
     sent = [(r.content["arrays"].to_torch_state_dict(), dict(r.content["metrics"])) for r in replies]
     return sc, public, weights, sent
 

@@ -170,6 +170,8 @@ def _to_nchw(images: np.ndarray, where: str) -> np.ndarray:
 def _load_npz(path: Path) -> ArrayExamples:
     if not path.is_file():
         raise DataError(f"data.source: file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"data.source: {path} is not an .npz archive (numpy.savez)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in ("images", "labels") if k not in archive.files]
