@@ -47,10 +47,11 @@ class LoraConfig(_Section):
     (GPT-2: c_attn; LLaMA: q_proj, v_proj; BERT: query, value)."""
 
 
-COUNT_KEYS = (  # architecture keys (GPT-2, LLaMA, BERT) that count layers, heads, widths
-    "n_layer", "n_head", "n_embd", "n_positions", "n_inner", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "hidden_size", "intermediate_size", "max_position_embeddings", "vocab_size",
-)  # fmt: skip
+COUNT_KEYS = {  # architecture keys (GPT-2, LLaMA, BERT) that count layers, heads, widths: their bounds
+    "n_layer": 1024, "num_hidden_layers": 1024, "n_head": 1024, "num_attention_heads": 1024,
+    "num_key_value_heads": 1024, "n_embd": 65536, "hidden_size": 65536, "n_inner": 262144,
+    "intermediate_size": 262144, "n_positions": 1 << 20, "max_position_embeddings": 1 << 20, "vocab_size": 1 << 24,
+}  # fmt: skip
 WIDTH_HEADS = (("n_embd", "n_head"), ("hidden_size", "num_attention_heads"))  # equal heads split the width
 
 
@@ -71,10 +72,10 @@ class ModelConfig(_Section):
     def _architecture_in_range(self) -> ModelConfig:
         """Counts >= 1, widths divisible by heads; the rest is checked when the model is built."""
         c = self.config
-        for key in COUNT_KEYS:
+        for key, most in COUNT_KEYS.items():
             value = c.get(key)
-            if key in c and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000):
-                raise ValueError(f"model.config.{key} = {_echo(value)}: must be a whole number >= 1")
+            if key in c and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most):
+                raise ValueError(f"model.config.{key} = {_echo(value)}: must be a whole number in 1..{most}")
         for width, heads in WIDTH_HEADS:
             if isinstance(c.get(width), int) and isinstance(c.get(heads), int) and c[width] % c[heads]:
                 raise ValueError(

@@ -21,6 +21,7 @@ from fedaudit.federation.client import client_update
 from fedaudit.federation.plan import FederatedData, build_global_model, encode_examples, sample_batches
 from fedaudit.federation.server import ground_truth, observe
 from fedaudit.models import ModelBundle
+from fedaudit.safety import write_private
 
 
 def sampled_updates(
@@ -86,6 +87,4 @@ def evaluate_attack(
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
-    tmp.replace(path)
+    write_private(path, json.dumps(payload, indent=2, default=str))

@@ -11,12 +11,13 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 from torch import nn
 from transformers import (
@@ -272,7 +273,9 @@ def build_model(
             tok = _tokenizer(cfg, str(minilm_dir()) if name == "bert-random" and not cfg.tokenizer else None)
             config = _random_config(name, cfg, vocab_size=len(tok))
             _finish_config(config, tok, cfg, num_labels)
-            model = _auto_class(cfg.task).from_config(config, attn_implementation="eager", dtype=dtype)
+            build = partial(_auto_class(cfg.task).from_config, config, attn_implementation="eager", dtype=dtype)
+            _check_fits_in_memory(build, dtype)
+            model = build()
         elif name == "smollm2-135m":
             gguf = smollm2_gguf()
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -298,6 +301,24 @@ def build_model(
     return ModelBundle(model=model, tokenizer=tok, adapter=adapter, name=name, task=cfg.task, dtype=dtype)
 
 
+#: Share of the available memory one model may take: clients, the evaluator and attacks each hold a copy.
+MEMORY_SHARE = 0.25
+
+
+def _check_fits_in_memory(build: Callable[[], torch.nn.Module], dtype: torch.dtype) -> None:
+    """Build the model on the meta device (no memory), count its parameters and refuse one that
+    cannot fit, rather than let the machine run out of memory while building it."""
+    with torch.device("meta"):
+        meta = build()
+    size = sum(p.numel() for p in meta.parameters()) * dtype.itemsize
+    available = psutil.virtual_memory().available
+    if size > MEMORY_SHARE * available:
+        raise ConfigError(
+            f"model.config: {size / 2**30:.1f} GiB of parameters, more than a quarter of the "
+            f"{available / 2**30:.1f} GiB of memory available"
+        )
+
+
 def _build_dense(
     cfg: ModelConfig, num_labels: int, seed: int, input_shape: tuple[int, ...], dtype: torch.dtype
 ) -> ModelBundle:
@@ -309,9 +330,11 @@ def _build_dense(
         raise ConfigError(f"model.lora: LoRA applies to transformers, not to {cfg.name}")
     if cfg.tokenizer is not None:
         raise ConfigError(f"model.tokenizer: {cfg.name} reads images or table rows, not text")
+    build = partial(build_dense, cfg.name, dict(cfg.config), tuple(input_shape), num_labels)
+    _check_fits_in_memory(build, dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_dense(cfg.name, dict(cfg.config), tuple(input_shape), num_labels).to(dtype)
+        model = build().to(dtype)
     model.train()
     return ModelBundle(
         model=model,
