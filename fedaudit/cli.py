@@ -288,10 +288,14 @@ def main() -> None:
     except KeyboardInterrupt:  # before the simulation started
         code = 130
     finally:
-        # End Ray's processes quietly, then exit without waiting for Flower's server thread (a
-        # run stopped mid-round leaves it blocked on replies that will never come).
+        # Exit without waiting for Flower's server thread (a run stopped mid-round leaves it
+        # blocked on replies that will never come). Ray's processes go with the process group:
+        # the supervisor ends it once this process has exited (ending it from here would let
+        # Ray's driver, seeing its raylet die, exit this process with status 1 first); only a
+        # run whose supervisor is gone ends its group itself.
         processes.silence_output()
-        processes.end_group()
+        if not processes.supervisor_alive():
+            processes.end_group(grace=0.0)  # SIGKILL at once: Ray's driver may exit us any moment
     os._exit(code if isinstance(code, int) else 1)
 
 

@@ -4,7 +4,7 @@ Flower's simulation engine starts Ray in the run's process: a GCS server, a rayl
 one worker per virtual client, all in the run's process group. A plain ``kill -9`` of the run
 orphans them (Ray's dashboard and runtime-env agents outlive their driver for minutes). So
 ``fedaudit run`` is a thin supervisor: it starts the real run as a child that leads a new
-process group (``start_new_session``), forwards Ctrl-C and SIGTERM to it, and when the child
+process group (``start_new_session``), forwards Ctrl-C and SIGTERM to it (``FORWARDED``), and when the child
 ends kills whatever is left in that group. The child gets SIGHUP if the supervisor dies
 (``PR_SET_PDEATHSIG``), so even ``kill -9`` of the supervisor ends in the child's clean stop:
 records already written, the report of what finished, then its own group ended. (The child
@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import psutil
 
-#: Set in a supervised child's environment: the child runs the command itself.
+#: Set in a supervised child's environment to the supervisor's pid: the child runs the command.
 SUPERVISED_ENV = "FEDAUDIT_SUPERVISED"
 #: Seconds a child gets to stop cleanly after a forwarded signal before its group is killed.
 STOP_GRACE_SECONDS = 20.0
@@ -38,7 +38,13 @@ except OSError:  # pragma: no cover - no C library to load
 
 
 def supervised() -> bool:
-    return os.environ.get(SUPERVISED_ENV) == "1"
+    """This process is a supervised run (its environment names the supervisor's pid)."""
+    return os.environ.get(SUPERVISED_ENV, "").isdigit()
+
+
+def supervisor_alive() -> bool:
+    """The supervisor that started this run is still its parent."""
+    return os.getppid() == int(os.environ.get(SUPERVISED_ENV) or 0)
 
 
 def die_with_parent(sig: int = signal.SIGHUP) -> Callable[[], None]:
@@ -63,7 +69,7 @@ def run_supervised(argv: Sequence[str]) -> int:
     its exit status (128 + signal for a signal)."""
     child = subprocess.Popen(
         [sys.executable, "-m", "fedaudit.cli", *argv],
-        env={**os.environ, SUPERVISED_ENV: "1"},
+        env={**os.environ, SUPERVISED_ENV: str(os.getpid())},
         start_new_session=True,
         preexec_fn=die_with_parent(),  # the supervisor forks from its one thread
     )
@@ -74,7 +80,7 @@ def run_supervised(argv: Sequence[str]) -> int:
             end_group(child.pid, grace=0.0)
         stopping.append(time.monotonic())
         # Only the child: it stops its Ray processes itself, after writing what finished.
-        _quietly(lambda: os.kill(child.pid, signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM))
+        _quietly(lambda: os.kill(child.pid, FORWARDED.get(signum, signal.SIGUSR1)))
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, forward)
@@ -92,20 +98,28 @@ def run_supervised(argv: Sequence[str]) -> int:
 #: Why a supervised run stopped, by the signal it got.
 STOP_REASONS = {
     signal.SIGINT: "Ctrl-C (SIGINT)",
+    signal.SIGUSR1: "SIGTERM",
     signal.SIGTERM: "SIGTERM",
     signal.SIGHUP: "SIGHUP: the supervising process or terminal went away",
 }
+#: What the supervisor sends its child for each signal it gets. SIGTERM travels as SIGUSR1: in
+#: the child, Ray's core worker has a C-level failure handler on SIGTERM that prints a stack
+#: and re-raises it (the child then aborts); SIGUSR1 and SIGINT reach Python's handlers alone.
+FORWARDED = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGUSR1, signal.SIGHUP: signal.SIGHUP}
 
 
 def stop_on_signals() -> None:
-    """In the child: SIGINT, SIGTERM and SIGHUP stop the run (``KeyboardInterrupt`` naming why)."""
+    """In the child: SIGINT, SIGUSR1 (a forwarded SIGTERM), SIGTERM and SIGHUP stop the run
+    (``KeyboardInterrupt`` naming why)."""
 
     def interrupt(signum: int, _frame: object) -> None:
+        # Once: a second interrupt would cut the stop short (click makes it "Aborted!", exit 1).
+        for sig in STOP_REASONS:
+            signal.signal(sig, lambda *_: None)
         raise KeyboardInterrupt(STOP_REASONS.get(signum, signal.Signals(signum).name))
 
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGHUP, interrupt)
+    for sig in STOP_REASONS:
+        signal.signal(sig, interrupt)
 
 
 def silence_output() -> None:
@@ -120,7 +134,8 @@ def silence_output() -> None:
 
 def end_group(pgid: int | None = None, grace: float = KILL_GRACE_SECONDS) -> list[int]:
     """SIGTERM every process of process group ``pgid`` (default: this process's) except this
-    process, SIGKILL those still alive after ``grace`` seconds; returns their pids."""
+    process, SIGKILL those still alive after ``grace`` seconds (at once with ``grace = 0``);
+    returns their pids."""
     pgid = os.getpgid(0) if pgid is None else pgid
     members = []
     for proc in psutil.process_iter():
@@ -130,8 +145,8 @@ def end_group(pgid: int | None = None, grace: float = KILL_GRACE_SECONDS) -> lis
         except (ProcessLookupError, psutil.Error):
             continue
     for proc in members:
-        _quietly(proc.terminate)
-    _, alive = psutil.wait_procs(members, timeout=grace)
+        _quietly(proc.terminate if grace > 0 else proc.kill)
+    _, alive = psutil.wait_procs(members, timeout=grace) if grace > 0 else ([], members)
     for proc in alive:
         _quietly(proc.kill)
     psutil.wait_procs(alive, timeout=2.0)

@@ -11,8 +11,7 @@ Either way the wrapper adds N(0, (noise_multiplier * clipping_norm / clients)^2)
 of the aggregated weights only. Both wrappers go through ``GroundTruthAround``: the server-side
 one clips every ArrayRecord of a reply, so the client's ``audit`` record travels around it, and
 both skip a round with a failed client: replies are screened (failures and rejected updates
-recorded) before they run, the wrapper sees only the usable ones, and a round it skips because
-some were not is recorded as skipped.
+recorded) before they run, and a round with a failed or rejected reply is recorded as skipped.
 """
 
 from __future__ import annotations
@@ -39,9 +38,9 @@ class GroundTruthAround(Strategy):
     Build it with ``GroundTruthAround(inner, lambda s: Wrapper(s, ...))``: the wrapper wraps
     this object's inside view (``self.inside``), which delegates to ``inner``.
 
-    Flower's DP wrappers skip the whole aggregation unless every sampled client sent a usable
-    reply (their noise is calibrated to that count): the replies are screened here, before the
-    wrapper runs, and a round it skips is recorded."""
+    Flower's DP wrappers skip the whole aggregation when a client failed (their noise is
+    calibrated to the number of sampled clients): the replies are screened here, and a round
+    with a failed or rejected reply is recorded as skipped without reaching the wrapper."""
 
     def __init__(self, inner: AuditingStrategy, wrap: Callable[[Strategy], Strategy]) -> None:
         self.inner = inner
@@ -66,14 +65,14 @@ class GroundTruthAround(Strategy):
         """
         replies = list(replies)
         accepted = self.inner.screen(server_round, replies)
+        if len(accepted) < len(replies):  # Flower's rule, kept for rejected updates too
+            bad = len(replies) - len(accepted)
+            self.inner.skip(server_round, f"central DP: {bad} of {len(replies)} replies failed or were rejected")
+            return None, None
         self.held = {
             id(msg): msg.content.array_records.pop("audit") for msg in accepted if "audit" in msg.content.array_records
         }
-        arrays, metrics = self.wrapper.aggregate_train(server_round, accepted)
-        if arrays is None and len(accepted) < len(replies):
-            reason = f"central DP: {len(replies) - len(accepted)} of {len(replies)} replies failed or were rejected"
-            self.inner.skip(server_round, reason)
-        return arrays, metrics
+        return self.wrapper.aggregate_train(server_round, accepted)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
