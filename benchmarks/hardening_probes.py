@@ -62,7 +62,8 @@ def _cli(*args: str, timeout: float = 180) -> tuple[str, str]:
     clean = all(32 <= ord(c) or c == "\t" for c in "".join(err)) and not any(
         0x7F <= ord(c) <= 0x9F for c in "".join(err)
     )
-    if done.returncode == 2 and len(err) == 1 and err[0].startswith("fedaudit: error:") and len(err[0]) < 300 and clean:
+    one_line = len(err) == 1 and err[0].startswith("fedaudit: error:") and len(err[0]) <= 300
+    if done.returncode == 2 and one_line and clean:
         return "one line", err[0][17:177]
     return "LEAK", f"exit {done.returncode}, {len(err)} stderr lines: {' | '.join(err)[:160]}"
 

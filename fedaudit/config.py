@@ -43,8 +43,7 @@ class LoraConfig(_Section):
     r: int = Field(default=8, ge=1, le=4096)
     alpha: float = Field(default=16.0, gt=0.0)
     target_modules: list[str] | None = None
-    """Module names to adapt; default: the query projection and its neighbours per family
-    (GPT-2: c_attn; LLaMA: q_proj, v_proj; BERT: query, value)."""
+    """Module names to adapt; default per family: GPT-2 c_attn; LLaMA q_proj, v_proj; BERT query, value."""
 
 
 COUNT_KEYS = {  # architecture keys (GPT-2, LLaMA, BERT) that count layers, heads, widths: their bounds
@@ -75,7 +74,7 @@ class ModelConfig(_Section):
         for key, most in COUNT_KEYS.items():
             value = c.get(key)
             if key in c and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most):
-                raise ValueError(f"model.config.{key} = {_echo(value)}: must be a whole number in 1..{most}")
+                raise ValueError(f"model.config.{key} = {echo_value(value)}: must be a whole number in 1..{most}")
         for width, heads in WIDTH_HEADS:
             if isinstance(c.get(width), int) and isinstance(c.get(heads), int) and c[width] % c[heads]:
                 raise ValueError(
@@ -317,11 +316,12 @@ def _format_error(err: ValidationError) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     if not loc or isinstance(first["input"], dict):  # a cross-field check names its own keys
         return msg + more
-    return f"{loc} = {_echo(first['input'])}: {msg}{more}"
+    return f"{loc} = {echo_value(first['input'])}: {msg}{more}"
 
 
-def _echo(value: Any) -> str:
-    text = repr(value)  # cut: a value can be a whole pasted file
+def echo_value(value: Any) -> str:
+    """``repr(value)`` cut to ``ECHO_CHARS`` (a value can be a whole pasted file)."""
+    text = repr(value)
     return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 3] + "..."
 
 

@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from fedaudit.config import ConfigError, Scenario, scenario_from_toml
+from fedaudit.config import ConfigError, Scenario, echo_value, scenario_from_toml
 from fedaudit.data import Examples, TextExamples, holdout_split, load_examples, partition
 from fedaudit.data.examples import seeded_rng
 from fedaudit.models import ModelBundle, build_model
@@ -98,7 +98,8 @@ def prepare(scenario: Scenario) -> tuple[FederatedData, ModelBundle]:
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001 - a loader's own error, made one line
-        raise ConfigError(f"data.source = {scenario.data.source!r}: cannot be loaded ({_first_line(err)})") from None
+        source = echo_value(scenario.data.source)
+        raise ConfigError(f"data.source = {source}: cannot be loaded ({_first_line(err)})") from None
     try:
         bundle = build_global_model(scenario, data.examples)
         _check_positions(bundle, scenario)
@@ -110,7 +111,8 @@ def prepare(scenario: Scenario) -> tuple[FederatedData, ModelBundle]:
         raise
     except Exception as err:  # noqa: BLE001 - e.g. images smaller than the model's kernels
         raise ConfigError(
-            f"model {scenario.model.name!r} does not run on data.source = {scenario.data.source!r} ({_first_line(err)})"
+            f"model {echo_value(scenario.model.name)} does not run on data.source = "
+            f"{echo_value(scenario.data.source)} ({_first_line(err)})"
         ) from None
     return data, bundle
 
@@ -121,7 +123,8 @@ def _check_positions(bundle: ModelBundle, scenario: Scenario) -> None:
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if bundle.is_text and isinstance(limit, int) and scenario.training.max_seq_len > limit:
         raise ConfigError(
-            f"training.max_seq_len = {scenario.training.max_seq_len}: {scenario.model.name!r} has {limit} positions"
+            f"training.max_seq_len = {scenario.training.max_seq_len}: "
+            f"{echo_value(scenario.model.name)} has {limit} positions"
         )
 
 
