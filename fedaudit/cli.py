@@ -108,7 +108,10 @@ def run(
         f"{verb}: {sc.federation.clients} clients x {sc.federation.rounds} rounds, "
         f"{escape(sc.model.name)} ({sc.training.mode}), attacks: {', '.join(sc.audit.attacks)}"
     )
-    stopped = _simulate(sc, store, verbose, resume is not None)
+    from fedaudit.audit.records import rounds_completed
+
+    finished = resume is not None and rounds_completed(store.records()) >= sc.federation.rounds
+    stopped = None if finished else _simulate(sc, store, verbose, resume is not None)
     _finish(sc, store, stopped)
 
 
