@@ -312,7 +312,7 @@ def lifecycle_probes() -> list[Probe]:
 def _finished(out: Path, rnd: int) -> bool:
     from fedaudit.audit.records import read_records
 
-    runs = [p for p in out.iterdir() if p.is_dir()]
+    runs = [p for p in out.iterdir() if (p / "records.jsonl").is_file()]
     return bool(runs) and any(r.type == "utility" and r.round >= rnd for r in read_records(runs[0]))
 
 

@@ -46,7 +46,7 @@ def _start(out: Path, cola_path: Path, rounds: int) -> subprocess.Popen:
 def _wait_for_round(proc: subprocess.Popen, out: Path, rnd: int, timeout: float = 300) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = [p for p in out.iterdir() if p.is_dir()] if out.exists() else []
+        runs = [p for p in out.iterdir() if (p / "records.jsonl").is_file()] if out.exists() else []
         if runs and any(r.type == "utility" and r.round >= rnd for r in read_records(runs[0])):
             return runs[0]
         assert proc.poll() is None, f"the run ended before round {rnd}: {proc.stdout.read()}"

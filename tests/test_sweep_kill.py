@@ -46,7 +46,7 @@ def _running(sweep: subprocess.Popen, out: Path, timeout: float = 300) -> list[p
 
 
 def _records(cell_dir: Path) -> list:
-    runs = [p for p in cell_dir.iterdir() if p.is_dir()] if cell_dir.is_dir() else []
+    runs = [p for p in cell_dir.iterdir() if (p / "records.jsonl").is_file()] if cell_dir.is_dir() else []
     return read_records(runs[0]) if runs else []
 
 
