@@ -44,7 +44,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Federated learning with an honest-but-curious auditing server.",
 )
-console = Console(highlight=False)
+#: soft_wrap: a message is one line however wide the terminal; a wrapped line would split the error.
+console = Console(highlight=False, soft_wrap=True)
 
 ScenarioArg = Annotated[Optional[Path], typer.Argument(help="Scenario TOML (default: simulations/quickstart.toml).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: section.key=value (repeatable).")]

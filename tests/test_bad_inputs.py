@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 from typer.testing import CliRunner
@@ -234,6 +234,7 @@ def _toml(value) -> str:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(key=st.sampled_from(_KEYS), value=_VALUES)
+@example(key="name", value="\x1f\x07\U00010000" * 5)  # escaped, it outgrew the terminal: the line wrapped
 def test_fuzzed_scenario_values_check_out_or_fail_in_one_line(key: str, value) -> None:
     result = CliRunner().invoke(
         app,
