@@ -94,8 +94,7 @@ class DataConfig(_Section):
     split: str = "train"
     subset: str | None = None
     """HF dataset configuration name (e.g. "cola" for "glue"); "glue/cola" implies it."""
-    columns: list[str] | None = None
-    """Column names for a headerless TSV/CSV."""
+    columns: list[str] | None = None  # column names for a headerless TSV/CSV
     max_examples: int | None = Field(default=None, ge=1)
     demo_size: int = Field(default=256, ge=1, le=1_000_000)
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
@@ -139,8 +138,9 @@ class AuditConfig(_Section):
     attacks: list[str] = Field(default_factory=lambda: ["embedding-rows", "labels"])
     ground_truth: bool = True
     budget_seconds: float = Field(default=120.0, gt=0.0, le=BUDGET_MAX_SECONDS)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where attacks compute: "auto" takes CUDA when present."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # where attacks compute: "auto" takes CUDA when present
+    max_examples_per_record: int = Field(default=64, ge=1, le=4096)
+    """Examples a record keeps (texts, rows, images, side-by-side pairs): bounds a run's size."""
 
     def options(self, name: str) -> dict[str, Any]:
         """The options table ``[audit.<name>]`` as written (empty if absent)."""

@@ -6,6 +6,8 @@ An attack that raises, overruns its budget or returns something malformed become
 
 from __future__ import annotations
 
+import hashlib
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +18,7 @@ import torch
 
 from fedaudit.attacks import REGISTRY
 from fedaudit.attacks.base import Attack, Budget, BudgetExceeded, Observation, Reconstruction
+from fedaudit.audit.comparison import compare
 from fedaudit.audit.plan import attack_options
 from fedaudit.audit.records import AttackRecord
 from fedaudit.audit.scoring import preview, score
@@ -90,11 +93,17 @@ class Auditor:
     """
 
     def __init__(
-        self, attacks: Sequence[Attack], budget_seconds: float, sink: Callable[[AttackRecord], None] | None = None
+        self,
+        attacks: Sequence[Attack],
+        budget_seconds: float,
+        sink: Callable[[AttackRecord], None] | None = None,
+        max_examples: int = 64,
     ) -> None:
         self.attacks = list(attacks)
         self.budget_seconds = budget_seconds
         self.sink = sink
+        self.max_examples = max_examples
+        """Examples a record keeps (recovered and compared): ``audit.max_examples_per_record``."""
 
     @classmethod
     def for_scenario(
@@ -102,7 +111,7 @@ class Auditor:
     ) -> Auditor:
         """The attacks ``audit.attacks`` (or ``names``) names, with their ``[audit.<name>]`` options."""
         attacks = [REGISTRY.make(name, audit.device, attack_options(audit, name)) for name in (names or audit.attacks)]
-        return cls(attacks, audit.budget_seconds, sink)
+        return cls(attacks, audit.budget_seconds, sink, audit.max_examples_per_record)
 
     def audit(self, observation: Observation, truth: GroundTruth | None = None) -> list[AttackRecord]:
         records = []
@@ -141,19 +150,30 @@ class Auditor:
             self._verdict(record, value, observation, truth)
         return record
 
-    @staticmethod
     def _verdict(
-        record: AttackRecord, rec: Reconstruction, observation: Observation, truth: GroundTruth | None
+        self, record: AttackRecord, rec: Reconstruction, observation: Observation, truth: GroundTruth | None
     ) -> None:
-        """The attack's verdict, its preview and, with ground truth, its scores. Anything that
-        fails here (a preview or a metric that cannot be computed) turns the record into an
-        ``error`` with the reason: it never leaves the record."""
+        """The attack's verdict, what it recovered and, with ground truth, its scores and the
+        side-by-side comparison. Anything that fails here (a metric that cannot be computed)
+        turns the record into an ``error`` with the reason: it never leaves the record."""
         record.status, record.reason = rec.status, rec.reason
         record.diagnostics.update(rec.diagnostics)
+        prefix = image_prefix(record)
         try:
-            record.reconstruction = preview(rec, observation.model)
+            record.reconstruction, record.images = preview(rec, observation.model, self.max_examples, prefix)
             if truth is not None:
                 record.metrics = score(rec, truth, observation.model)
+                record.comparison, originals = compare(rec, truth, observation.model, self.max_examples, prefix)
+                record.images.update(originals)
         except Exception as err:  # noqa: BLE001 - e.g. more predictions than examples
-            record.status, record.metrics = "error", {}
+            record.status, record.metrics, record.comparison, record.images = "error", {}, None, {}
             record.reason = f"unscorable reconstruction: {type(err).__name__}: {err}"
+
+
+def image_prefix(record: AttackRecord) -> str:
+    """Where a record's images go in the run directory; the client id is untrusted, so only
+    safe characters of it are kept, with a digest when any were dropped."""
+    client = re.sub(r"[^A-Za-z0-9_-]", "_", record.client)[:40]
+    if client != record.client or not client:
+        client += "-" + hashlib.sha256(record.client.encode("utf-8", "replace")).hexdigest()[:8]
+    return f"images/round-{record.round:03d}/client-{client}-{record.attack}"

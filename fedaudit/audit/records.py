@@ -3,7 +3,8 @@
 Five kinds of record land in ``records.jsonl``, one JSON object per line:
 
 * ``AttackRecord``: one attack on one client's update in one round (status, reason, metrics,
-  cost, diagnostics, a preview of what was recovered);
+  cost, diagnostics, what was recovered and, with ground truth, how it compares; images are
+  PNG files in the run directory that the record names);
 * ``UtilityRecord``: the global model's loss and accuracy on the holdout after a round;
 * ``ClientError``: a client whose reply carried an error instead of an update;
 * ``RejectedUpdate``: a reply the server refused (wrong schema, non-finite entries, a bad
@@ -47,7 +48,14 @@ class AttackRecord:
     peak_mem_mb: float = 0.0
     diagnostics: dict[str, Any] = field(default_factory=dict)
     reconstruction: dict[str, Any] | None = None
-    """A short, JSON-ready preview of what was recovered (texts, tokens, records, labels)."""
+    """What the attack recovered, JSON-ready (texts, tokens, records, labels, image file paths),
+    at most ``audit.max_examples_per_record`` examples, with ``total`` and ``shown``."""
+    comparison: dict[str, Any] | None = None
+    """Scorer side, with ground truth only: each true example beside what was recovered for it
+    (``pairs``), recovered labels beside the true ones, and the identifiers that leaked (``pii``)."""
+    images: dict[str, Any] = field(default_factory=dict, repr=False, metadata={"stored": "as files"})
+    """Image arrays (C x H x W in [0, 1]) under the run-directory paths the record names; the run
+    store writes them as PNG files. Not part of the JSON record."""
 
     type: ClassVar[str] = "attack"
 
@@ -106,7 +114,9 @@ def to_json(record: Record) -> dict[str, Any]:
         out.update(client=None, attack=None)
     for f in dataclasses.fields(record):
         value = getattr(record, f.name)
-        if f.name != "round" and not (f.name == "reconstruction" and value is None):
+        if f.metadata.get("stored") == "as files":
+            continue
+        if f.name != "round" and not (f.name in ("reconstruction", "comparison") and value is None):
             out[f.name] = value
     notes: dict[str, str] = {}
     out = _json_safe(out, "", notes)
@@ -157,7 +167,8 @@ def from_json(data: dict[str, Any]) -> Record | None:
     if kind is None or not isinstance(data.get("round"), int):
         return None
     _restore_non_finite(data)
-    values = {f.name: data[f.name] for f in dataclasses.fields(kind) if f.name in data}
+    fields = [f for f in dataclasses.fields(kind) if f.name in data and not f.metadata.get("stored")]
+    values = {f.name: data[f.name] for f in fields}
     for key in ("metrics", "diagnostics"):
         if key in values:
             values[key] = _numbers(values[key])

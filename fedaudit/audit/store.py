@@ -15,13 +15,16 @@ newest checkpoints are kept, so round k's survives a kill between a checkpoint a
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import secrets
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
@@ -59,8 +62,11 @@ class RunStore:
         return cls(path)
 
     def append(self, record: Record) -> None:
+        """Write the record's images (PNG files it names), then the record, flushed to disk."""
         if self.closed:
             return
+        for name, image in getattr(record, "images", {}).items():
+            write_png(self.path, name, image)
         line = json.dumps(to_json(record), allow_nan=False, ensure_ascii=False)
         with self.records_path.open("a", encoding="utf-8") as fh:
             fh.write(line + "\n")
@@ -112,6 +118,19 @@ class RunStore:
         found = sorted(self.path.glob(CHECKPOINT.replace("{:05d}", "*")), key=_checkpoint_round)
         for old in found[:-1]:
             old.unlink(missing_ok=True)
+
+
+def write_png(run_dir: Path, name: str, image: np.ndarray) -> Path:
+    """A C x H x W image in [0, 1] (C = 1 or 3) as an 8-bit PNG at ``run_dir / name`` (0600)."""
+    path = (run_dir / name).resolve()
+    if not path.is_relative_to(run_dir.resolve()):
+        raise ValueError(f"image path {name!r} leaves the run directory")
+    pixels = np.rint(np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0) * 255).astype(np.uint8)
+    picture = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return write_private(path, buffer.getvalue())
 
 
 def _checkpoint_round(path: Path) -> int:
