@@ -63,3 +63,27 @@ def test_attack_labels_same_seed_same_batches(tmp_path: Path, cola_path: Path) -
     assert [b["metrics"] for b in outs[0]["batches"]] == [b["metrics"] for b in outs[1]["batches"]]
     assert outs[0]["aggregate"]["label_accuracy"] == 1.0
     assert outs[0]["aggregate"]["status_counts"] == {"exact": 4}
+
+
+def test_attack_out_keeps_what_was_recovered(tmp_path: Path) -> None:
+    out = tmp_path / "spear.json"
+    proc = run_cli(
+        "attack",
+        "spear",
+        "--scenario",
+        "simulations/digits_quick.toml",
+        "--batches",
+        "2",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["batches"]
+    assert [row["status"] for row in rows] == ["exact", "exact"]
+    for row in rows:
+        names = row["reconstruction"]["images"]
+        assert len(names) == 4 and len({*names}) == 4
+        assert {p["recovered"] for p in row["comparison"]["pairs"]} == set(names)
+        for pair in row["comparison"]["pairs"]:
+            assert (tmp_path / pair["original"]).is_file() and (tmp_path / pair["recovered"]).is_file()
+            assert pair["exact"] and pair["score"]["psnr"] == 100.0

@@ -15,6 +15,7 @@ from typing import Any
 from fedaudit.attacks.base import Observation
 from fedaudit.audit.auditor import Auditor
 from fedaudit.audit.records import AttackRecord, summarize, to_json
+from fedaudit.audit.store import write_png
 from fedaudit.audit.truth import GroundTruth
 from fedaudit.config import Scenario
 from fedaudit.federation.client import client_update
@@ -71,8 +72,13 @@ def evaluate_attack(
             {
                 "batch": k,
                 **{key: row[key] for key in ("status", "reason", "metrics", "seconds", "peak_mem_mb", "diagnostics")},
+                # What came back, beside the truth; image paths are relative to the JSON file's folder.
+                **{key: row[key] for key in ("reconstruction", "comparison") if key in row},
             }
         )
+        if out is not None:
+            for image_name, image in records[-1].images.items():
+                write_png(out.parent, image_name, image)
         (summary,) = summarize(records)
         result["aggregate"] = {
             **summary.metrics,
