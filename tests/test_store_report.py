@@ -59,7 +59,8 @@ LEGACY_RUN = Path(__file__).resolve().parent / "fixtures" / "20261202-180135-leg
 
 def test_a_run_directory_written_before_typed_records_still_renders() -> None:
     """``fixtures/<run-id>`` was written by fedaudit before records were typed (untyped dicts,
-    epsilon "inf" stored as a string); its report.md is what that version rendered from it."""
+    epsilon "inf" stored as a string); its report.md is what that version rendered from it, with
+    the rows since put in round, then client order."""
     records = read_records(LEGACY_RUN)
     assert [r.type for r in records].count("attack") == 8 and [r.type for r in records].count("utility") == 3
     assert all(r.diagnostics["epsilon"] == float("inf") for r in records if r.type == "attack")

@@ -1,14 +1,15 @@
 """``report.md`` from a run directory: status and metrics per round, client and attack, and the
-utility curve. Client text is untrusted: every string from a record goes through
-``fedaudit.safety.clean_text`` (no control characters or escape sequences) and is escaped for
-Markdown and HTML before it is written."""
+utility curve; and ``write_report``, which writes every format of a run's report (``report.html``,
+``report.md``, ``summary.json``). Client text is untrusted: every string from a record goes
+through ``fedaudit.safety.clean_text`` (no control characters or escape sequences) and is
+escaped for Markdown and HTML before it is written."""
 
 from __future__ import annotations
 
 import math
 import re
-import sys
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,16 @@ from fedaudit.audit.records import (
     summarize,
     utility_records,
 )
-from fedaudit.audit.store import SCENARIO
+from fedaudit.report.data import build, defenses_line, load_scenario_dict, natural_key, plural
+from fedaudit.report.html import render_html
 from fedaudit.report.summary import fixed, format_metrics
+from fedaudit.report.summary_json import render_json
 from fedaudit.safety import clean_text, write_private
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+__all__ = ["FORMATS", "defenses_line", "md_escape", "render_report", "write_report", "write_reports"]
+
+#: What ``write_reports`` can write, by ``--format`` name.
+FORMATS = {"html": "report.html", "md": "report.md", "json": "summary.json"}
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
 BARS = " ▁▂▃▄▅▆▇█"
@@ -54,36 +57,15 @@ def sparkline(values: list[Any]) -> str:
     return "".join(BARS[1 + round((v - lo) / span * (len(BARS) - 2))] for v in values)
 
 
-def defenses_line(scenario: dict[str, Any]) -> str:
-    """The defenses in effect, as one line: DP settings and update transforms in their order,
-    secure aggregation, LoRA and a non-SGD local optimizer."""
-    parts = []
-    defenses = dict(scenario.get("defenses", {}))
-    order = defenses.pop("order", [])
-    for name in [k for k in defenses if k not in order] + list(order):
-        settings = defenses.get(name)
-        if isinstance(settings, dict):
-            parts.append(f"{name} (" + ", ".join(f"{k} {v}" for k, v in settings.items()) + ")")
-    group = scenario.get("federation", {}).get("secure_aggregation_group", 1)
-    if group > 1:
-        parts.append(f"secure aggregation in groups of {group}")
-    lora = scenario.get("model", {}).get("lora")
-    if lora:
-        parts.append("LoRA (" + ", ".join(f"{k} {v}" for k, v in lora.items()) + ")")
-    if scenario.get("training", {}).get("optimizer", "sgd") != "sgd":
-        parts.append(f"local optimizer {scenario['training']['optimizer']}")
-    return "; ".join(parts) or "none"
-
-
 def render_report(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     records = read_records(run_dir)
-    scenario_file = run_dir / SCENARIO
-    scenario = tomllib.loads(scenario_file.read_text(encoding="utf-8")) if scenario_file.is_file() else {}
+    scenario = load_scenario_dict(run_dir)
     audits = attack_records(records)
     utility = utility_records(records)
+    order = {name: i for i, name in enumerate(dict.fromkeys(r.attack for r in audits))}
     rounds: dict[int, list] = defaultdict(list)
-    for r in audits:
+    for r in sorted(audits, key=lambda r: (natural_key(clean_text(r.client)), order[r.attack])):
         rounds[r.round].append(r)
     env = Environment(
         loader=PackageLoader("fedaudit.report", "templates"),
@@ -96,6 +78,7 @@ def render_report(run_dir: str | Path) -> str:
     env.filters["md"] = md_escape
     env.filters["metrics"] = format_metrics
     env.filters["fixed"] = fixed
+    env.filters["plural"] = plural
     env.filters["epsilon"] = lambda e: str(e) if isinstance(e, str) else f"{e:.3g}"
     return env.get_template("report.template.md").render(
         run_id=run_dir.name,
@@ -106,13 +89,36 @@ def render_report(run_dir: str | Path) -> str:
         accuracy_line=sparkline([u.metrics.get("accuracy") for u in utility]),
         loss_line=sparkline([u.metrics.get("loss") for u in utility]),
         rounds=sorted(rounds.items()),
-        errors=client_errors(records),
-        rejected=rejected_updates(records),
-        skipped=skipped_rounds(records),
+        errors=_in_order(client_errors(records)),
+        rejected=_in_order(rejected_updates(records)),
+        skipped=_in_order(skipped_rounds(records)),
         completed_rounds=rounds_completed(records),
     )
 
 
+def _in_order(events: list[Any]) -> list[Any]:
+    return sorted(events, key=lambda e: (e.round, natural_key(clean_text(getattr(e, "client", "")))))
+
+
+def write_reports(run_dir: str | Path, formats: Iterable[str] = tuple(FORMATS)) -> list[Path]:
+    """Write the report of ``run_dir`` in ``formats`` (``html``, ``md``, ``json``), each file
+    0600 (it quotes recovered private data) and atomically; returns the paths written."""
+    run_dir = Path(run_dir)
+    formats = list(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown report format {unknown[0]!r}; allowed: {', '.join(FORMATS)}")
+    data = build(run_dir) if {"html", "json"} & set(formats) else None
+    render = {
+        "html": lambda: render_html(data),
+        "md": lambda: render_report(run_dir),
+        "json": lambda: render_json(data),
+    }
+    return [write_private(run_dir / FORMATS[f], render[f]()) for f in formats]
+
+
 def write_report(run_dir: str | Path) -> Path:
-    """Write ``report.md`` (0600: it quotes recovered private text), atomically."""
-    return write_private(Path(run_dir) / "report.md", render_report(run_dir))
+    """Write every format of the report (``report.html``, ``report.md``, ``summary.json``);
+    returns the path of ``report.md``."""
+    write_reports(run_dir)
+    return Path(run_dir) / FORMATS["md"]
