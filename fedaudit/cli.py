@@ -182,14 +182,31 @@ def _finish(sc: Scenario, store, stopped: str | None) -> None:
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<run-id>).")]) -> None:
-    """Write report.md for a run (also for a run that was stopped mid-way)."""
-    from fedaudit.audit.store import RECORDS
-    from fedaudit.report.markdown import write_report
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (runs/<run-id>).")],
+    format_: Annotated[
+        Optional[str], typer.Option("--format", help="Write only this: html, md or json (default: all three).")
+    ] = None,
+    open_: Annotated[bool, typer.Option("--open", help="Open report.html in a web browser.")] = False,
+) -> None:
+    """Write report.html, report.md and summary.json for a run (also one stopped mid-way)."""
+    # records, not the store: the store imports torch, and a report renders without it.
+    from fedaudit.audit.records import RECORDS
+    from fedaudit.report.markdown import FORMATS, write_reports
 
     if not (run_dir / RECORDS).is_file():
         fail(f"{run_dir}: not a run directory (no {RECORDS})")
-    console.print(f"Report: {write_report(run_dir)}")
+    if format_ is not None and format_ not in FORMATS:
+        fail(f"--format {format_!r}: expected one of {', '.join(FORMATS)}")
+    for path in write_reports(run_dir, [format_] if format_ else FORMATS):
+        console.print(f"Report: {escape(str(path))}")
+    if open_:
+        html = run_dir / FORMATS["html"]
+        if not html.is_file():
+            fail(f"--open: {html} does not exist (write it with --format html)")
+        import webbrowser
+
+        webbrowser.open(html.resolve().as_uri())
 
 
 @app.command()

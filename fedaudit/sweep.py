@@ -278,6 +278,9 @@ def write_outputs(sweep_dir: Path, rows: list[dict[str, Any]], grid: dict[str, l
     write_private(sweep_dir / "sweep.csv", text.getvalue())
     write_private(sweep_dir / "sweep.md", markdown(rows, grid, title))
     write_private(sweep_dir / "sweep.png", plot(rows, grid, title))
+    from fedaudit.report.sweep_html import render_sweep_html  # imported here: only writing the outputs needs it
+
+    write_private(sweep_dir / "sweep.html", render_sweep_html(sweep_dir, rows, grid, title))
 
 
 def _fmt(value: Any) -> str:

@@ -20,6 +20,7 @@ from fedaudit.audit.store import RunStore
 from fedaudit.config import Scenario
 from fedaudit.report.console import RoundConsole
 from fedaudit.report.markdown import write_report
+from fedaudit.safety import clean_text
 from fedaudit.scenario import scenario_from_run_config
 from fedaudit.training import evaluate
 from server_strategies.central_dp import with_central_dp
@@ -56,6 +57,7 @@ def run_audited_federation(grid: Grid, scenario: Scenario, store: RunStore, resu
         metrics = evaluate(evaluator, holdout)
         sink(UtilityRecord(round=server_round, metrics=metrics, examples=len(holdout)))
         console.round_done(server_round)
+        _round_report(store, server_round, scenario.federation.rounds)
         return MetricRecord({k: v for k, v in metrics.items() if math.isfinite(v)})
 
     clients = scenario.federation.clients
@@ -82,6 +84,19 @@ def run_audited_federation(grid: Grid, scenario: Scenario, store: RunStore, resu
     if not store.closed:
         store.keep_last_checkpoint()
         write_report(store.path)
+
+
+def _round_report(store: RunStore, server_round: int, rounds: int) -> None:
+    """The report of the rounds so far, rewritten after each round but the last (whose report
+    is written when the run ends); a report that cannot be rendered is said in one line and
+    never stops the federation."""
+    if store.closed or not 0 < server_round < rounds:
+        return
+    try:
+        write_report(store.path)
+    except Exception as err:  # noqa: BLE001 - the run matters more than an interim report
+        why = clean_text(f"{type(err).__name__}: {err}")[:200]
+        print(f"fedaudit: warning: the report after this round was not written: {why}", flush=True)
 
 
 def build_server_app(
