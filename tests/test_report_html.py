@@ -1,9 +1,10 @@
 """report.html, summary.json and sweep.html: self-contained, escaped, in round and client order,
 and the same numbers in the page as in the JSON.
 
-Two real runs (module fixtures, ~40 s each on a CPU): a tiny GPT-2 whose clients hold a hostile
-sentence and identifiers (DAGER recovers them word for word), and a digits run (SPEAR, PNG
-images). The rest builds records with the typed API, which takes a fraction of a second.
+A real run (a module fixture; Ray's start-up makes it ~40 s on a CPU): a tiny GPT-2 whose clients
+hold a hostile sentence and identifiers, which DAGER recovers word for word. Digits audited by
+SPEAR (PNG images) go through the real auditor and run store without a federation. The rest
+builds records with the typed API, which takes a fraction of a second.
 """
 
 from __future__ import annotations
@@ -117,9 +118,8 @@ def _hostile_tsv(path: Path) -> Path:
     return path
 
 
-def _run(base: Path, *overrides: str, scenario: str | None = None) -> Path:
-    args = [scenario] if scenario else []
-    proc = run_cli("run", *args, *(a for o in (f"output.dir={base}", *overrides) for a in ("--set", o)))
+def _run(base: Path, *overrides: str) -> Path:
+    proc = run_cli("run", *(a for o in (f"output.dir={base}", *overrides) for a in ("--set", o)))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run_dir,) = [p for p in base.iterdir() if p.is_dir()]
     return run_dir
@@ -144,8 +144,20 @@ def text_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("images")
-    return _run(base / "runs", "federation.clients=2", "federation.rounds=1", scenario="simulations/digits_quick.toml")
+    """simulations/digits_quick.toml sized down: two client updates audited by SPEAR and labels
+    as in a run (the real attacks, scorer and run store, which writes the PNG files), without
+    starting a federation (Ray's start-up alone takes longer than the rest)."""
+    from fedaudit.audit.auditor import Auditor
+    from fedaudit.scenario import load_scenario
+    from tests.helpers import client_updates
+
+    sc = load_scenario(REPO_ROOT / "simulations" / "digits_quick.toml", ["federation.clients=2", "federation.rounds=1"])
+    store = RunStore.create(sc, base_dir=tmp_path_factory.mktemp("images"))
+    auditor = Auditor.for_scenario(sc.audit, sink=store.append)
+    for observation, truth in client_updates(sc, 2):
+        auditor.audit(observation, truth)
+    write_reports(store.path)
+    return store.path
 
 
 def _store(tmp_path: Path, name: str = "typed") -> RunStore:

@@ -29,6 +29,8 @@ from fedaudit.safety import clean_text
 PARTIAL_AT = 0.5
 PARTIAL_SCORE = {"text": "rouge1", "table": "feature_accuracy", "image": "ssim"}
 UNITS = {"text": "sentences", "image": "images", "table": "records"}
+#: Without pairs an audit's verdict counts one client update: its batch's token set, label set...
+VERDICT_UNITS = {"token_recall": "token sets", "label_accuracy": "label sets"}
 #: Images per record drawn in the report, and all the image bytes one report may embed.
 IMAGES_PER_RECORD = 16
 IMAGE_BUDGET_BYTES = 1_000_000
@@ -130,7 +132,8 @@ def pii_counts(comparison: dict[str, Any] | None) -> dict[str, int]:
 
 
 def unit(kind: str | None, metric: str | None) -> str:
-    return UNITS.get(kind or "", "client updates")
+    """What the headline counts: true examples by kind, else what each audit's verdict is about."""
+    return UNITS.get(kind or "") or VERDICT_UNITS.get(metric or "", "client updates")
 
 
 def number(value: Any) -> bool:
