@@ -21,7 +21,8 @@ def test_defaults_are_a_valid_scenario() -> None:
 def test_quickstart_loads_and_round_trips() -> None:
     sc = load_scenario()
     assert sc.name == "quickstart"
-    assert sc.model.config == {"n_layer": 2, "n_embd": 256, "n_head": 4}
+    assert sc.model.config == {"n_layer": 3, "n_embd": 384, "n_head": 6}
+    assert sc.audit.attacks == ["dager", "embedding-rows"]
     assert scenario_from_toml(sc.to_toml()) == sc
 
 
@@ -38,7 +39,7 @@ def test_overrides_reach_nested_keys_and_parse_toml_values() -> None:
         ],
     )
     assert sc.training.batch_size == 16
-    assert sc.model.config["n_layer"] == 4 and sc.model.config["n_embd"] == 256
+    assert sc.model.config["n_layer"] == 4 and sc.model.config["n_embd"] == 384
     assert sc.training.lr == pytest.approx(5e-4)
     assert sc.data.source == "glue/cola"
     assert sc.audit.attacks == ["labels"] and sc.audit.ground_truth is False

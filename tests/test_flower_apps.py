@@ -91,6 +91,7 @@ def test_fedavg_client_sends_weights_and_observation_is_their_float64_difference
     sc = scenario(
         *TINY_GPT2,
         f"data.source={cola_path}",
+        "audit.attacks=['embedding-rows']",
         "federation.clients=2",
         "training.mode=fedavg",
         "training.batch_size=4",

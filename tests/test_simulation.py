@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tests.conftest import TINY_GPT2, run_cli
@@ -31,6 +32,8 @@ def test_two_clients_two_rounds_write_valid_records(tmp_path: Path, cola_path: P
         f"data.source={cola_path}",
         "--set",
         "data.max_examples=200",
+        "--set",
+        "audit.attacks=['embedding-rows', 'labels']",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = _only_run(tmp_path)
@@ -57,3 +60,12 @@ def test_two_clients_two_rounds_write_valid_records(tmp_path: Path, cola_path: P
     report = (run_dir / "report.md").read_text()
     assert "Rounds completed: 2 of 2" in report and "### Round 2" in report
     assert "Round 2/2" in proc.stdout  # the per-round summary table
+    # Through pipes: no live progress, no color or cursor codes, none of the libraries' notices
+    # (Flower's deprecations, Ray's FutureWarning, transformers' load report), each audit's reason.
+    output = proc.stdout + proc.stderr
+    assert "\x1b[" not in output and "clients trained" not in output
+    for notice in ("DEPRECATED", "fraction_evaluate", "FutureWarning", "LOAD REPORT", "Loading weights"):
+        assert notice not in output
+    assert proc.stderr == ""
+    assert re.search(r"\[round 1/2\] client 0 \S+: \w+ .*\(\d+\.\d\d s\): \w", proc.stdout)  # status (cost): why
+    assert "2 clients x 2 rounds" in proc.stdout
