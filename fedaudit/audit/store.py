@@ -21,16 +21,17 @@ import os
 import secrets
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
-from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
 
 from fedaudit.audit.records import RECORDS, Record, from_json, read_records, rounds_completed, to_json
 from fedaudit.config import ConfigError, Scenario
 from fedaudit.safety import write_private
+
+if TYPE_CHECKING:  # checkpoints only: reading records and reports must not load torch
+    import torch
 
 SCENARIO = "scenario.toml"
 DISCARDED = "records.discarded.jsonl"
@@ -82,6 +83,8 @@ class RunStore:
         path = self.path / CHECKPOINT.format(server_round)
         if self.closed:
             return path
+        from safetensors.torch import save as safetensors_bytes
+
         tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
         path = write_private(self.path / CHECKPOINT.format(server_round), safetensors_bytes(tensors))
         for old in self.path.glob(CHECKPOINT.replace("{:05d}", "*")):
@@ -93,6 +96,8 @@ class RunStore:
         path = self.path / CHECKPOINT.format(server_round)
         if not path.is_file():
             raise ConfigError(f"--resume {self.path}: no checkpoint of round {server_round} ({path.name})")
+        from safetensors.torch import load_file
+
         return load_file(path)
 
     def resume(self) -> int:
