@@ -31,3 +31,8 @@ def fixed(value: Any, digits: int = 3) -> str:
 def format_metrics(metrics: dict[str, Any]) -> str:
     """``R-1 0.98 EM 0.50``; a metric without a finite value shows as such (``PSNR inf``, ``SSIM -``)."""
     return " ".join(f"{METRIC_ABBREV.get(key, key)} {fixed(value, 2)}" for key, value in metrics.items())
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 round``, ``3 rounds``; ``many`` for an irregular plural (``1 batch``, ``2 batches``)."""
+    return f"{count} {word if count == 1 else (many or word + 's')}"

@@ -76,7 +76,7 @@ def _shortfalls(observation: Observation, s1: Span, s2: Span, outcome: SearchOut
     expected, found = observation.protocol.num_examples, outcome.found
     reasons = []
     if outcome.ran_out:
-        reasons.append(f"the time budget ran out during the layer-2 search ({found} sentences verified)")
+        reasons.append(f"the time budget ran out during the layer-2 search ({_count(found, 'sentence')} verified)")
     if outcome.explained < s2.rank:
         reasons.append(
             f"the verified sentences explain {outcome.explained} of the {s2.rank} layer-2 input "
@@ -85,8 +85,8 @@ def _shortfalls(observation: Observation, s1: Span, s2: Span, outcome: SearchOut
         )
     if found > expected:
         reasons.append(
-            f"{found} sentences pass every check but the client reports {expected} "
-            "examples: the checks let some false sentences through; the best are returned"
+            f"{found} sentences pass every check but the client reports {_count(expected, 'example')}: "
+            "the checks let some false sentences through; the best are returned"
         )
     elif found < expected and outcome.explained >= s2.rank:
         reasons.append(
@@ -122,10 +122,16 @@ def verdict(
     sequences = outcome.sequences
     status = "exact" if not reasons and sequences else ("partial" if sequences else "failed")
     if status == "exact":
+        one = len(sequences) == 1
         reason = (
-            f"all {len(sequences)} sentences pass the layer-1 and layer-2 span checks and explain all "
-            f"{s2.rank} directions of the layer-2 gradient"
+            f"{'the sentence passes' if one else f'all {len(sequences)} sentences pass'} the layer-1 and "
+            f"layer-2 span checks and explain{'s' if one else ''} all {s2.rank} directions of the layer-2 gradient"
         )
     else:
         reason = "; ".join(reasons) or "no sentence passed the layer-2 span check"
     return Reconstruction(status, reason, tokens=outcome.tokens, sequences=sequences, diagnostics=diag)
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 sentence``, ``3 sentences``: reasons reach the console and the report."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

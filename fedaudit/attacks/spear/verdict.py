@@ -76,7 +76,7 @@ def verdict(
         )
     if b != expected:
         reasons.append(
-            f"the gradient has rank {b} but the client reports {expected} examples "
+            f"the gradient has rank {b} but the client reports {expected} example{'' if expected == 1 else 's'} "
             "(repeated examples, or examples that reach no active neuron, add no rank)"
         )
     lossy = observation.protocol.lossy_transforms
