@@ -24,6 +24,7 @@ they run (``AuditAside``): what they send is exactly the ``arrays`` the server a
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache, partial
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -35,6 +36,10 @@ from fedaudit.config import Scenario, scenario_from_toml
 from fedaudit.models import ModelBundle
 from fedaudit.scenario import scenario_from_run_config
 from fedaudit.training.dp import epsilon
+
+# Flower's logger has its own handler; opacus (imported above) gives the root logger one too at
+# import, so every Flower line of a ClientApp came out twice.
+logging.getLogger("flwr").propagate = False
 
 
 @lru_cache(maxsize=2)

@@ -7,9 +7,11 @@ auditor sits where a curious server does: between the clipping and the noise
 
 from __future__ import annotations
 
+import logging
 import math
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
@@ -20,18 +22,26 @@ from fedaudit.audit.store import RunStore
 from fedaudit.config import Scenario
 from fedaudit.report.console import RoundConsole
 from fedaudit.report.markdown import write_report
+from fedaudit.report.progress import RunProgress
 from fedaudit.safety import clean_text
 from fedaudit.scenario import scenario_from_run_config
 from fedaudit.training import evaluate
 from server_strategies.central_dp import with_central_dp
+from server_strategies.nodes import CountingGrid, NotEnoughNodes, wait_for_nodes
 from server_strategies.strategy import AuditingStrategy
 
+# Flower's logger has its own handler; opacus (imported by the training code) gives the root
+# logger one too at import, so every Flower line came out twice (``flwr run --stream``).
+logging.getLogger("flwr").propagate = False
 
-def run_audited_federation(grid: Grid, scenario: Scenario, store: RunStore, resume: bool = False) -> None:
+
+def run_audited_federation(
+    grid: Grid, scenario: Scenario, store: RunStore, resume: bool = False, progress: RunProgress | None = None
+) -> None:
     """Train ``federation.rounds`` rounds, auditing each reply and recording utility per round;
     the global model after each round is checkpointed. With ``resume``, continue ``store``'s run
-    after its last finished round (``RunStore.resume``)."""
-    console = RoundConsole(scenario)
+    after its last finished round (``RunStore.resume``). ``progress`` hears of every step."""
+    console = RoundConsole(scenario, progress=progress)
 
     def sink(record: Record) -> None:
         store.append(record)
@@ -63,7 +73,7 @@ def run_audited_federation(grid: Grid, scenario: Scenario, store: RunStore, resu
     clients = scenario.federation.clients
     inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients, min_available_nodes=clients)
     auditor = Auditor.for_scenario(scenario.audit, sink=sink)
-    auditing = AuditingStrategy(inner, auditor, scenario, public_model, sink=sink, first_round=done + 1)
+    auditing = AuditingStrategy(inner, auditor, scenario, public_model, sink, done + 1, console.progress)
     strategy = with_central_dp(auditing, scenario)
     t = scenario.training
     strategy.start(
@@ -100,18 +110,29 @@ def _round_report(store: RunStore, server_round: int, rounds: int) -> None:
 
 
 def build_server_app(
-    scenario: Scenario | None = None, store: RunStore | None = None, resume: bool = False
+    scenario: Scenario | None = None,
+    store: RunStore | None = None,
+    resume: bool = False,
+    progress: RunProgress | None = None,
 ) -> ServerApp:
     """A ServerApp for ``scenario`` writing to ``store`` (continuing its run with ``resume``);
-    by default both come from the run config."""
+    by default both come from the run config. ``progress``: the live display of ``fedaudit run``."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         active = scenario or scenario_from_run_config(context.run_config)
+        try:
+            wait_for_nodes(grid, active.federation.clients)
+        except NotEnoughNodes as err:
+            # One line, not a traceback: the run cannot start, and the line says how to fix it.
+            log(logging.ERROR, "fedaudit: %s", err)
+            raise SystemExit(1) from None
         run_store = store if store is not None else RunStore.create(active)
         print(f"fedaudit run directory: {run_store.path}", flush=True)
-        run_audited_federation(grid, active, run_store, resume=resume and store is not None)
+        if progress is not None:  # replies counted as they arrive, for the live display
+            grid = CountingGrid(grid, progress)
+        run_audited_federation(grid, active, run_store, resume=resume and store is not None, progress=progress)
 
     return app
 

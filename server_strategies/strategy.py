@@ -27,6 +27,7 @@ Hooks, in the order Flower calls them each round:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -40,6 +41,7 @@ from fedaudit.audit.truth import GroundTruth
 from fedaudit.config import Scenario
 from fedaudit.federation.validation import examples_problem, tensors_problem, weights_problem
 from fedaudit.models import ModelBundle
+from fedaudit.report.progress import RunProgress
 
 #: Reply records the inner strategy sees; everything else is audit-only payload.
 AGGREGATED_KEYS = ("arrays", "metrics")
@@ -122,6 +124,8 @@ class AuditingStrategy(Strategy):
         sink: receives every record this strategy produces itself (client errors, rejected
             updates, skipped rounds).
         first_round: the run's number for Flower's round 1 (k + 1 when resuming after round k).
+        progress: told when a round starts, how many audits it queues and which attack runs
+            (the live display of ``fedaudit run``).
     """
 
     def __init__(
@@ -132,8 +136,10 @@ class AuditingStrategy(Strategy):
         public_model: ModelBundle,
         sink: Callable[[Record], None] | None = None,
         first_round: int = 1,
+        progress: RunProgress | None = None,
     ) -> None:
         self.inner = inner
+        self.progress = progress or RunProgress()
         self.offset = first_round - 1
         self.auditor = auditor
         self.scenario = scenario
@@ -152,7 +158,9 @@ class AuditingStrategy(Strategy):
         """
         server_round += self.offset
         self._global = {server_round: arrays.to_torch_state_dict()}
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        self.progress.round_started(server_round, len(messages))
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -178,6 +186,7 @@ class AuditingStrategy(Strategy):
             return None, None
         if self.scenario.federation.secure_aggregation_group > 1:
             accepted = self.secure_aggregate(accepted)
+        self.progress.audits_queued(len(accepted) * len(self.auditor.attacks))
         for msg in accepted:
             self.audit_reply(server_round, msg, global_weights)
             for key in [k for k in msg.content.keys() if k not in AGGREGATED_KEYS]:
@@ -273,7 +282,7 @@ class AuditingStrategy(Strategy):
             privacy=privacy,
         )
         truth = _truth(msg) if "audit" in content.array_records else None
-        return self.auditor.audit(observation, truth)
+        return self.auditor.audit(observation, truth, on_start=partial(self.progress.attack_started, client))
 
     def skip(self, flower_round: int, reason: str) -> None:
         """Record Flower's round ``flower_round`` as skipped (the global model stays as it was)."""

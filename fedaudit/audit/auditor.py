@@ -113,9 +113,18 @@ class Auditor:
         attacks = [REGISTRY.make(name, audit.device, attack_options(audit, name)) for name in (names or audit.attacks)]
         return cls(attacks, audit.budget_seconds, sink, audit.max_examples_per_record)
 
-    def audit(self, observation: Observation, truth: GroundTruth | None = None) -> list[AttackRecord]:
+    def audit(
+        self,
+        observation: Observation,
+        truth: GroundTruth | None = None,
+        on_start: Callable[[str, float], None] | None = None,
+    ) -> list[AttackRecord]:
+        """One record per attack, each handed to ``sink``; ``on_start(attack name, budget seconds)``
+        is called as each attack starts (live progress)."""
         records = []
         for attack in self.attacks:
+            if on_start is not None:
+                on_start(attack.name, self.budget_seconds)
             record = self._audit_one(attack, observation, truth)
             if self.sink is not None:
                 self.sink(record)

@@ -8,7 +8,7 @@ one per sampled batch, with the server's Observation and the batch's GroundTruth
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,10 @@ def evaluate_attack(
     batches: int,
     seed: int,
     out: Path | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run attack ``name`` on ``batches`` client updates; rewrite ``out`` (JSON) after every batch.
+    """Run attack ``name`` on ``batches`` client updates; rewrite ``out`` (JSON) and call
+    ``on_batch(batches done)`` after every batch.
 
     Returns ``{"attack", "scenario", "batches": [one row per batch], "aggregate": {...}}``, the
     aggregate being the per-attack summary (``records.summarize``): mean metrics, median seconds,
@@ -88,6 +90,8 @@ def evaluate_attack(
         }
         if out is not None:
             _write_json(out, result)
+        if on_batch is not None:
+            on_batch(k + 1)
     return result
 
 

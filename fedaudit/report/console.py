@@ -10,14 +10,18 @@ from rich.table import Table
 
 from fedaudit.audit.records import AttackRecord, ClientError, Record, RejectedUpdate, RoundSkipped, UtilityRecord
 from fedaudit.config import Scenario
+from fedaudit.report.progress import RunProgress
 from fedaudit.report.summary import fixed, format_metrics
 from fedaudit.safety import clean_text
 
 
-def untrusted(value: object) -> str:
+def untrusted(value: object, limit: int | None = None) -> str:
     """Client-controlled text as console markup: control characters and escape sequences
-    removed (``clean_text``), rich markup escaped."""
-    return escape(clean_text(value))
+    removed (``clean_text``), cut to ``limit`` characters, rich markup escaped."""
+    text = clean_text(value)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 3].rstrip() + "..."
+    return escape(text)
 
 
 STATUS_STYLE = {
@@ -30,22 +34,43 @@ STATUS_STYLE = {
 }
 
 
+#: How much of an audit's reason its console line shows; report.md has it whole.
+REASON_CHARS = 80
+
+
+def audit_line(record: AttackRecord, rounds: int) -> str:
+    """``[round 1/3] client 0 dager: exact R-1 1.00 (0.52 s, epsilon 3.20): <reason>`` as markup:
+    the status with its metrics, cost, the client's epsilon under DP-SGD, and why."""
+    style = STATUS_STYLE.get(record.status, "")
+    metrics = format_metrics(record.metrics)
+    cost = f"{record.seconds:.2f} s"
+    epsilon = record.diagnostics.get("epsilon")
+    if isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool):
+        cost += f", epsilon {fixed(epsilon, 2)}"
+    reason = f": {untrusted(record.reason, REASON_CHARS)}" if record.reason else ""
+    return (
+        f"\\[round {record.round}/{rounds}] client {untrusted(record.client)} {untrusted(record.attack)}: "
+        f"[{style}]{record.status}[/]{' ' + metrics if metrics else ''} ({cost}){reason}"
+    )
+
+
 class RoundConsole:
-    def __init__(self, scenario: Scenario, console: Console | None = None) -> None:
+    """One line per record as it lands and a table per round, printed on ``console`` (the live
+    ``progress`` display's, when there is one, so lines appear above it)."""
+
+    def __init__(self, scenario: Scenario, console: Console | None = None, progress: RunProgress | None = None) -> None:
         self.scenario = scenario
-        self.console = console or Console(highlight=False)
+        self.progress = progress or RunProgress()
+        # soft_wrap: a line is one line however narrow the terminal (or 80 columns when piped).
+        self.console = console or self.progress.console or Console(highlight=False, soft_wrap=True)
         self._rounds: dict[int, list[Record]] = defaultdict(list)
 
     def record(self, record: Record) -> None:
         self._rounds[record.round].append(record)
+        self.progress.record(record)
         total = self.scenario.federation.rounds
         if isinstance(record, AttackRecord):
-            style = STATUS_STYLE.get(record.status, "")
-            self.console.print(
-                f"\\[round {record.round}/{total}] client {untrusted(record.client)} "
-                f"{record.attack}: [{style}]{record.status}[/] {format_metrics(record.metrics)} "
-                f"({record.seconds:.2f} s)"
-            )
+            self.console.print(audit_line(record, total))
         elif isinstance(record, (ClientError, RejectedUpdate)):
             what = "failed" if isinstance(record, ClientError) else "update rejected"
             who = f"\\[round {record.round}/{total}] client {untrusted(record.client)}"
@@ -54,6 +79,7 @@ class RoundConsole:
             self.console.print(f"\\[round {record.round}/{total}] skipped: {untrusted(record.reason)}", style="magenta")
 
     def round_done(self, server_round: int) -> None:
+        self.progress.round_done(server_round)
         records = self._rounds.pop(server_round, [])
         utility = next((r.metrics for r in records if isinstance(r, UtilityRecord)), {})
         title = f"Round {server_round}/{self.scenario.federation.rounds}" if server_round else "Initial model"
