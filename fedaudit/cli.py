@@ -1,6 +1,8 @@
-"""fedaudit command line: ``run``, ``report``, ``attack`` and ``sweep``.
+"""fedaudit command line: ``run``, ``report``, ``attack``, ``sweep`` and ``list``.
 
-Scenario problems print one line (``fedaudit: error: ...``) and exit with status 2.
+Scenario problems print one line (``fedaudit: error: ...``) and exit with status 2. Heavy modules
+(torch, transformers, Flower) are imported inside the commands that need them: ``report``,
+``list`` and ``--help`` never load torch.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import logging
 import os
 import sys
 import threading
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,10 +20,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedaudit import processes
+from fedaudit import __version__, catalog, noise, processes
 from fedaudit.config import ConfigError, Scenario
+from fedaudit.report.summary import plural
 from fedaudit.safety import clean_text
-from fedaudit.scenario import load_scenario
 
 # Offline-friendly Flower defaults (no telemetry, no update check, no per-run `uv sync` that would
 # pull a CUDA torch); a user's own settings win.
@@ -32,11 +35,7 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
-#: Libraries whose retry warnings (a hub id that cannot be reached is retried with a warning each
-#: time) would bury the one error line; ``--verbose`` shows them.
-QUIET_LOGGERS = ("huggingface_hub", "transformers", "urllib3", "filelock", "datasets")
-for _name in QUIET_LOGGERS:
-    logging.getLogger(_name).setLevel(logging.ERROR)
+noise.quiet_libraries()  # ``run --verbose`` turns them back on
 
 app = typer.Typer(
     add_completion=False,
@@ -46,6 +45,22 @@ app = typer.Typer(
 )
 #: soft_wrap: a message is one line however wide the terminal; a wrapped line would split the error.
 console = Console(highlight=False, soft_wrap=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"fedaudit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Federated learning with an honest-but-curious auditing server."""
+
 
 ScenarioArg = Annotated[Optional[Path], typer.Argument(help="Scenario TOML (default: simulations/quickstart.toml).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a key: section.key=value (repeatable).")]
@@ -63,6 +78,8 @@ def fail(message: str) -> None:
 
 
 def _load(path: Path | None, overrides: list[str] | None) -> Scenario:
+    from fedaudit.scenario import load_scenario  # checks the attacks: imports the registry (torch)
+
     try:
         return load_scenario(path, overrides or [])
     except ConfigError as err:
@@ -84,8 +101,10 @@ def run(
 ) -> None:
     """Run a federated simulation in which the server audits every client update."""
     if verbose:
-        for name in QUIET_LOGGERS:
-            logging.getLogger(name).setLevel(logging.INFO)
+        from fedaudit.models.quiet import VERBOSE_ENV
+
+        noise.quiet_libraries(verbose=True)
+        os.environ[VERBOSE_ENV] = "1"  # for this process and the Ray workers it starts
     from fedaudit.audit.store import SCENARIO, RunStore
     from fedaudit.federation import prepare
 
@@ -106,7 +125,7 @@ def run(
         fail(f"output.dir = {sc.output.dir!r}: {err}")
     verb = f"Resuming {store.path}" if resume is not None else f"Scenario [bold]{escape(sc.name)}[/]"
     console.print(
-        f"{verb}: {sc.federation.clients} clients x {sc.federation.rounds} rounds, "
+        f"{verb}: {plural(sc.federation.clients, 'client')} x {plural(sc.federation.rounds, 'round')}, "
         f"{escape(sc.model.name)} ({sc.training.mode}), attacks: {', '.join(sc.audit.attacks)}"
     )
     from fedaudit.audit.records import rounds_completed
@@ -118,19 +137,23 @@ def run(
 
 def _simulate(sc: Scenario, store, verbose: bool, resume: bool) -> str | None:
     """Flower's simulation of the scenario; None when it ran to its end, else why it stopped."""
+    from flwr.common.logger import update_console_handler
     from flwr.simulation import run_simulation
 
     from clients.app import build_client_app
+    from fedaudit.report.progress import RunProgress
     from server_strategies.app import build_server_app
 
     if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        noise.quiet_simulation()
+    update_console_handler(colored=sys.stderr.isatty())  # no color codes in a log file
     failure: list[BaseException] = []
+    progress = RunProgress(console, sc.federation.rounds)
 
     def simulate() -> None:
         try:
             run_simulation(
-                server_app=build_server_app(sc, store, resume=resume),
+                server_app=build_server_app(sc, store, resume=resume, progress=progress),
                 client_app=build_client_app(sc),
                 num_supernodes=sc.federation.clients,
                 backend_config={
@@ -148,10 +171,11 @@ def _simulate(sc: Scenario, store, verbose: bool, resume: bool) -> str | None:
     # Off the main thread: Ray's threads take signals the main thread would never see while
     # blocked in Flower's joins, and Ray installs its SIGTERM handler only on the main thread.
     thread = threading.Thread(target=simulate, name="flower-simulation", daemon=True)
-    thread.start()
     try:
-        while thread.is_alive():
-            thread.join(0.5)
+        with progress:  # drawn on a terminal only
+            thread.start()
+            while thread.is_alive():
+                thread.join(0.5)
     except KeyboardInterrupt as err:
         store.close()  # what the dying round produces from here on is not part of the run
         return f"stopped by {err.args[0] if err.args else 'Ctrl-C'}"
@@ -209,9 +233,10 @@ def report(
         webbrowser.open(html.resolve().as_uri())
 
 
-@app.command()
+# The names in the epilog too: typer 0.20 with click 8.5 leaves argument help out of --help.
+@app.command(epilog=f"Attacks: {', '.join(catalog.ATTACKS)}. What each needs: fedaudit list attacks.")
 def attack(
-    name: Annotated[str, typer.Argument(help="Attack name, e.g. embedding-rows.")],
+    name: Annotated[str, typer.Argument(help=f"Attack name: {', '.join(catalog.ATTACKS)} (fedaudit list attacks).")],
     scenario: Annotated[Optional[Path], typer.Option(help="Scenario TOML.")] = None,
     set_: SetOpt = None,
     batches: Annotated[int, typer.Option(min=1, help="How many batches to attack.")] = 5,
@@ -222,6 +247,7 @@ def attack(
     from fedaudit.attacks import REGISTRY
     from fedaudit.federation import prepare
     from fedaudit.federation.sampled import evaluate_attack
+    from fedaudit.report.progress import Counter
 
     if name not in REGISTRY:
         fail(f"unknown attack {name!r}; allowed: {', '.join(REGISTRY.names())}")
@@ -230,8 +256,10 @@ def attack(
         data, public = prepare(sc)
     except ConfigError as err:
         fail(str(err))
-    result = evaluate_attack(name, sc, data, public, batches, seed, out)
-    table = Table(title=f"{name} on {sc.name}: {batches} batches of {sc.training.batch_size}")
+    with Counter(console, f"{name}: batches", batches) as counter:  # drawn on a terminal only
+        result = evaluate_attack(name, sc, data, public, batches, seed, out, on_batch=counter.update)
+    title = f"{name} on {sc.name}: {plural(batches, 'batch', 'batches')} of {plural(sc.training.batch_size, 'example')}"
+    table = Table(title=escape(title))
     for column in ("batch", "status", "metrics", "seconds", "peak MB"):
         table.add_column(column)
     from fedaudit.report.summary import format_metrics
@@ -277,19 +305,37 @@ def sweep(
     except ConfigError as err:
         fail(str(err))
     workers = workers or max(1, (os.cpu_count() or 1) // 4)
-    console.print(f"Sweep: {len(cells)} cells over {', '.join(parsed)}, {workers} at a time")
+    console.print(f"Sweep: {plural(len(cells), 'cell')} over {', '.join(parsed)}, {workers} at a time")
+    from fedaudit.report.progress import Counter
+
+    ran: list[int] = []  # cells this sweep ran (a resumed sweep starts with some done): the ETA's pace
 
     def progress(result, done: int, total: int) -> None:
-        from rich.markup import escape
-
+        ran.append(done)
         status = f"[magenta]failed: {escape(clean_text(result.error))}[/]" if result.error else "done"
         console.print(
-            f"[{done}/{total}] cell {result.cell.index} ({result.cell.label}): {status} ({result.seconds:.0f} s)",
-            markup=True,
+            f"\\[{done}/{total}] cell {result.cell.index} ({escape(result.cell.label)}): {status} "
+            f"({result.seconds:.0f} s)"
         )
+        counter.update(done, len(ran))
 
-    path = sweeping.sweep(scenario, parsed, set_ or [], workers, out, progress, resume=resume)
+    with Counter(console, "cells", len(cells)) as counter:  # drawn on a terminal only
+        path = sweeping.sweep(scenario, parsed, set_ or [], workers, out, progress, resume=resume)
     console.print(f"Sweep: {path / 'sweep.md'}, {path / 'sweep.csv'}, {path / 'sweep.png'}")
+
+
+#: ``fedaudit list`` choices (typer shows and checks them).
+Listing = Enum("Listing", {name: name for name in catalog.LISTINGS}, type=str)
+
+
+@app.command(name="list")
+def list_(what: Annotated[Listing, typer.Argument(help="What to list.")]) -> None:
+    """List the attacks, zoo models or ready scenarios, one line each."""
+    entries = catalog.listing(what.value)
+    console.print(catalog.LISTINGS[what.value], markup=False)
+    width = max(map(len, entries), default=0)
+    for name, text in entries.items():
+        console.print(f"  {name:<{width}}  {clean_text(text)}", markup=False)
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ from transformers import (
 
 from fedaudit.config import ConfigError, ModelConfig
 from fedaudit.models.adapters import Adapter, adapter_for, dense_adapter
+from fedaudit.models.quiet import quiet
 
 NO_DROPOUT = {
     "gpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout"),
@@ -372,6 +373,7 @@ def _with_lora(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
 def _pretrained(
     cfg: ModelConfig, source: str, tok: PreTrainedTokenizerBase, num_labels: int, dtype: torch.dtype, **kwargs: Any
 ) -> PreTrainedModel:
+    quiet()  # the expected "classifier MISSING" report and the weight-loading bar
     try:
         config = AutoConfig.from_pretrained(source, **kwargs)
         # Dropout off as for random-init models (a model.config override turns it back on).
