@@ -28,21 +28,19 @@ TINY_DAGER_GPT2 = ["model.name=gpt2-random", "model.config={n_layer=3, n_embd=12
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
-def _chromium() -> str | None:
-    """The Chromium binary to drive: $FEDAUDIT_CHROMIUM, else the first of BROWSERS on the PATH."""
-    named = os.environ.get("FEDAUDIT_CHROMIUM")
-    if named:
-        return shutil.which(named) or (named if os.access(named, os.X_OK) else None)
-    return next((found for name in BROWSERS if (found := shutil.which(name))), None)
-
-
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    path = _chromium()
+    """The Chromium binary to drive: $FEDAUDIT_CHROMIUM, else the first of BROWSERS on the PATH."""
+    named = os.environ.get("FEDAUDIT_CHROMIUM")
+    if named:  # set on purpose: a wrong value is an error, not a reason to skip
+        path = shutil.which(named)
+        assert path, f"FEDAUDIT_CHROMIUM={named!r} is not an executable file or a command on the PATH"
+        return path
+    path = next((found for name in BROWSERS if (found := shutil.which(name))), None)
     if path is None:
         pytest.skip(
-            "no Chromium binary: install Debian's `chromium` (`.ci/run` does) or set FEDAUDIT_CHROMIUM "
-            f"to one (looked for $FEDAUDIT_CHROMIUM={os.environ.get('FEDAUDIT_CHROMIUM', '')!r} and {BROWSERS})"
+            f"no Chromium binary ({', '.join(BROWSERS)} on the PATH, or $FEDAUDIT_CHROMIUM): "
+            "install Debian's chromium (.ci/run does) to run the report's browser test"
         )
     return path
 
@@ -89,6 +87,7 @@ class Page:
     blocked: list[str] = field(default_factory=list)
     visible: dict[str, bool] = field(default_factory=dict)
     text: str = ""
+    diff_cells: list[str] = field(default_factory=list)
     pwned: str = ""
     handlers: int = 0
 
@@ -123,6 +122,7 @@ def _render(report: Path, chromium: str, shot: Path) -> Page:
             # Every client's side-by-side block open, so all of the report's text is rendered.
             page.evaluate("document.querySelectorAll('details').forEach(d => { d.open = true; })")
             seen.text = page.inner_text("body")
+            seen.diff_cells = page.locator("table.diff td").all_inner_texts()
             seen.pwned = page.evaluate("typeof window.__pwned")
             seen.handlers = page.evaluate("document.querySelectorAll('[onerror], [onload], img[src=\"x\"]').length")
         finally:
@@ -137,6 +137,7 @@ def test_report_renders_offline_and_shows_hostile_text_as_text(chromium: str, ho
     assert seen.visible == {"headline": True, "plot": True, "diff": True}
     # The sentence is text on the page; neither its script nor its image handler ran or exists.
     assert HOSTILE in seen.text
+    assert seen.diff_cells.count(HOSTILE) == 2  # the original and, recovered word for word, beside it
     assert seen.pwned == "undefined" and seen.handlers == 0
     # Self-contained: the page itself is the only request, and nothing was blocked.
     assert seen.blocked == []
@@ -144,6 +145,7 @@ def test_report_renders_offline_and_shows_hostile_text_as_text(chromium: str, ho
     from PIL import Image
 
     with Image.open(shot) as image:
+        # As wide as the viewport (nothing overflows sideways), at least as tall, not one flat colour.
         assert image.format == "PNG" and image.width == 1280 and image.height >= 900
         lo_hi = image.convert("L").getextrema()
-        assert lo_hi[0] < lo_hi[1]  # not one flat colour
+        assert lo_hi[0] < lo_hi[1]
