@@ -188,15 +188,16 @@ def _simulate(sc: Scenario, store, verbose: bool, resume: bool) -> str | None:
 def _finish(sc: Scenario, store, stopped: str | None) -> None:
     """The report of what finished, one line on where it is, and the exit status."""
     from fedaudit.audit.records import read_records, rounds_completed
+    from fedaudit.report.closing import print_closing
     from fedaudit.report.markdown import write_report
 
-    report = write_report(store.path)
+    write_report(store.path)
     records = read_records(store.path)
     rounds_done = rounds_completed(records)
     console.print(
         f"Records: {store.records_path} ({len(records)} records, {rounds_done}/{sc.federation.rounds} rounds)"
     )
-    console.print(f"Report:  {report}")
+    print_closing(store.path, console)
     if stopped is not None or rounds_done < sc.federation.rounds:
         why = f" ({clean_text(stopped)[:200]})" if stopped else ""
         fail(
