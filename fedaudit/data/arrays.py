@@ -44,6 +44,15 @@ class Column:
     categories: tuple[str, ...] = ()
 
 
+def _as_written(value: float, column: Column) -> float | int:
+    """A decoded number as the table wrote it: standardizing and back leaves rounding noise
+    (21.000000356 for 21), so a value within a millionth of the column's range of a whole number
+    is that number, and any other keeps 9 significant digits."""
+    if abs(value - round(value)) <= 1e-6 * max(column.high - column.low, 1.0):
+        return int(round(value))
+    return float(f"{value:.9g}")
+
+
 @dataclass(frozen=True)
 class TableSchema:
     """Numeric columns standardized (z-scores, missing values at the mean), categorical ones
@@ -59,7 +68,9 @@ class TableSchema:
         out: dict[str, Any] = {}
         for c in self.columns:
             part = np.asarray(row[c.start : c.stop], dtype=np.float64)
-            out[c.name] = float(part[0] * c.std + c.mean) if c.kind == "numeric" else c.categories[int(part.argmax())]
+            out[c.name] = (
+                _as_written(part[0] * c.std + c.mean, c) if c.kind == "numeric" else c.categories[int(part.argmax())]
+            )
         return out
 
     def feature_hits(self, predicted: np.ndarray, reference: np.ndarray) -> np.ndarray:
