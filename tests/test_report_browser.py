@@ -149,3 +149,49 @@ def test_report_renders_offline_and_shows_hostile_text_as_text(chromium: str, ho
         assert image.format == "PNG" and image.width == 1280 and image.height >= 900
         lo_hi = image.convert("L").getextrema()
         assert lo_hi[0] < lo_hi[1]
+
+
+def _wide_table_report(base: Path) -> Path:
+    """report.html of typed records: a table of 30 long columns per record, four clients, two rounds."""
+    from fedaudit.audit.records import AttackRecord, UtilityRecord
+    from fedaudit.audit.store import RunStore
+    from fedaudit.config import Scenario
+    from fedaudit.report.markdown import write_reports
+
+    store = RunStore.create(Scenario(name="wide"), base_dir=base)
+    row = {f"a_rather_long_column_name_{i}": 1000.000000356 * i for i in range(30)}
+    pairs = [{"original": row, "recovered": row, "exact": True, "score": {"feature_accuracy": 1.0}}] * 3
+    for rnd in (1, 2):
+        store.append(UtilityRecord(round=rnd, metrics={"loss": 1.0 / rnd, "accuracy": 0.5}))
+        for client in "0123":
+            comparison = {"kind": "table", "total": 3, "shown": 3, "pairs": pairs}
+            metrics = {"feature_accuracy": 1.0}
+            store.append(AttackRecord(rnd, client, "spear", "exact", metrics=metrics, comparison=comparison))
+    write_reports(store.path, ["html"])
+    return store.path / "report.html"
+
+
+def test_wide_tables_scroll_in_their_card_and_plots_sit_side_by_side(chromium: str, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    report = _wide_table_report(tmp_path)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(report.as_uri(), wait_until="load")
+            page.evaluate("document.querySelectorAll('details').forEach(d => { d.open = true; })")
+            width = page.evaluate("document.documentElement.scrollWidth")
+            scrolls = page.evaluate(
+                "[...document.querySelectorAll('.scroll')].filter(s => s.querySelector('table.pairs'))"
+                ".map(s => [s.scrollWidth, s.clientWidth])"
+            )
+            tops = page.evaluate(
+                "[...document.querySelectorAll('.plots')].map(p => [...p.querySelectorAll('figure.plot')]"
+                ".map(f => Math.round(f.getBoundingClientRect().top)))"
+            )
+        finally:
+            browser.close()
+    assert width == 1280  # the page never grows sideways...
+    assert len(scrolls) == 8 and all(inner > outer for inner, outer in scrolls)  # ...its wide tables scroll
+    assert len(tops) == 2 and all(len(row) == 2 and len(set(row)) == 1 for row in tops)  # figures side by side

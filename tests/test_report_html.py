@@ -340,36 +340,46 @@ def test_records_without_ground_truth_show_what_was_reconstructed_and_say_so(tmp
     assert stored["ground_truth"] is False and [a["last_round"]["basis"] for a in stored["attacks"]] == ["audits"] * 3
 
 
-def test_table_pairs_highlight_the_cells_that_differ(tmp_path: Path) -> None:
+def test_a_records_pairs_share_one_table_with_aligned_columns_and_compact_numbers(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    original = {"age": 41, "job": "nurse", "city": "Oslo"}
+    first = {"age": 21.000000356323213, "job": "nurse", "city": "Oslo", "gain": -1.254925700777676e-05}
+    second = {"age": 30.999999902907998, "job": "clerk", "city": "Rome", "gain": 914.0000001}
+    pairs = [
+        {"original": first, "recovered": {**first, "city": "Bergen"}, "exact": False, "differs": ["city"]},
+        {"original": second, "recovered": dict(second), "exact": True, "differs": []},
+        {"original": {"age": 55, "job": "cook", "shift": "night"}, "recovered": None, "exact": False},
+    ]
+    for pair in pairs:
+        pair["score"] = {"feature_accuracy": 1.0 if pair["exact"] else 0.5}
     store.append(
         AttackRecord(
             round=1,
             client="0",
             attack="spear",
             status="partial",
-            metrics={"feature_accuracy": 2 / 3},
-            comparison={
-                "kind": "table",
-                "total": 1,
-                "shown": 1,
-                "pairs": [
-                    {
-                        "original": original,
-                        "recovered": {**original, "city": "Bergen"},
-                        "exact": False,
-                        "score": {"feature_accuracy": 2 / 3},
-                        "differs": ["city"],
-                    }
-                ],
-            },
+            metrics={"feature_accuracy": 0.5},
+            comparison={"kind": "table", "total": 3, "shown": 3, "pairs": pairs},
         )
     )
     write_reports(store.path)
     html = (store.path / "report.html").read_text(encoding="utf-8")
+    # One table for the record: one header row of every column, then an original and a recovered
+    # row per pair, each row one cell per column (the columns line up from pair to pair).
+    (table,) = re.findall(r'<table class="record pairs">.*?</table>', html, re.S)
+    assert '<div class="scroll"><table class="record pairs">' in html  # wide tables scroll in their card
+    columns = ["age", "job", "city", "gain", "shift"]
+    assert re.findall(r"<th(?: class=\"num\")?>([^<]*)</th>", table.split("</thead>")[0])[1:-1] == columns
+    assert table.count('<tbody class="pair') == 3 and table.count('<tbody class="pair exact">') == 1
+    rows = re.findall(r"<tr class=\"(original|recovered)\">(.*?)</tr>", table, re.S)
+    assert [kind for kind, _ in rows] == ["original", "recovered"] * 3
+    for kind, row in rows[:-1]:
+        assert len(re.findall(r"<td\b", row)) == len(columns) + (kind == "original"), row  # + the score cell
+    assert "not recovered" in rows[-1][1] and f'colspan="{len(columns)}"' in rows[-1][1]
+    # Numbers compact: 6 significant digits of their column, whole numbers without decimals.
+    cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", rows[0][1])]
+    assert cells[:4] == ["21", "nurse", "Oslo", "0"] and "21.0000003" not in html
     assert re.findall(r'<td class="differs">([^<]*)</td>', html) == ["Bergen"]
-    assert json.loads((store.path / "summary.json").read_text())["attacks"][0]["last_round"]["partial"] == 1
+    assert json.loads((store.path / "summary.json").read_text())["attacks"][0]["last_round"]["exact"] == 1
 
 
 def test_image_paths_that_leave_the_run_directory_are_refused(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from fedaudit.audit.records import (
     utility_records,
 )
 from fedaudit.report import recovered as rec
+from fedaudit.report.images import IMAGE_BUDGET_BYTES, ImageBudget
 from fedaudit.safety import clean_text
 
 if sys.version_info >= (3, 11):
@@ -192,7 +193,7 @@ class ReportData:
         return [(r, c, audits) for (r, c), audits in groups.items()]
 
 
-def build(run_dir: str | Path, image_budget: int = rec.IMAGE_BUDGET_BYTES) -> ReportData:
+def build(run_dir: str | Path, image_budget: int = IMAGE_BUDGET_BYTES) -> ReportData:
     """The report's data model from ``run_dir``'s records and scenario."""
     run_dir = Path(run_dir)
     records = read_records(run_dir)
@@ -203,7 +204,7 @@ def build(run_dir: str | Path, image_budget: int = rec.IMAGE_BUDGET_BYTES) -> Re
     order = {name: i for i, name in enumerate(dict.fromkeys(r.attack for r in raw))}
     raw.sort(key=lambda r: (r.round, natural_key(clean_text(r.client)), order[r.attack]))
     metric_of = {name: headline_metric([r for r in raw if r.attack == name]) for name in order}
-    budget = rec.ImageBudget(image_budget)
+    budget = ImageBudget(image_budget)
     audits = [_audit(r, metric_of[r.attack], run_dir, budget) for r in raw]
     federation = scenario.get("federation", {})
     return ReportData(
@@ -235,7 +236,7 @@ def headline_metric(records: list[AttackRecord]) -> str | None:
     return next((k for k in HEADLINE_METRICS if k in present), None)
 
 
-def _audit(r: AttackRecord, metric: str | None, run_dir: Path, budget: rec.ImageBudget) -> Audit:
+def _audit(r: AttackRecord, metric: str | None, run_dir: Path, budget: ImageBudget) -> Audit:
     comparison = getattr(r, "comparison", None)
     comparison = comparison if isinstance(comparison, dict) else None
     epsilon = r.diagnostics.get("epsilon")
@@ -255,7 +256,9 @@ def _audit(r: AttackRecord, metric: str | None, run_dir: Path, budget: rec.Image
         epsilon=float(epsilon) if isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool) else None,
         # PSNR is inf for an image recovered exactly: kept (drawn at the top of the scale), NaN is not.
         headline=float(value) if rec.number(value) else None,
-        recovered=rec.pair_counts(comparison) or rec.status_counts(r.status),
+        recovered=rec.pair_counts(comparison)
+        or rec.measured_counts(r.metrics, comparison)
+        or rec.status_counts(r.status),
         pii=rec.pii_counts(comparison),
         shown=rec.shown(r.reconstruction, comparison, run_dir, budget),
     )

@@ -13,7 +13,8 @@ from markupsafe import Markup
 
 from fedaudit.report import figures
 from fedaudit.report.data import STATUSES, ReportData, plural
-from fedaudit.report.summary import METRIC_ABBREV, fixed, format_metrics
+from fedaudit.report.recovered import unit_word
+from fedaudit.report.summary import METRIC_ABBREV, clip, fixed, format_metrics
 
 #: Categories of ``comparison.pii`` (``fedaudit.metrics.pii.CATEGORIES``; not imported: the
 #: report needs none of the detectors), with the words the page uses.
@@ -50,8 +51,17 @@ def environment() -> Environment:
         abbrev=lambda k: METRIC_ABBREV.get(k, k),
         metric_name=lambda k: figures.METRIC_LABELS.get(k, METRIC_ABBREV.get(k, k)),
         number=_number,
+        clip=clip,
+        units=lambda unit, count: unit_word(count, unit),
+        chip=lambda token: token.strip() or "␠",
     )
     return env
+
+
+def outcome(data: ReportData) -> str:
+    """The worst any attack's last round leaked: ``exact``, ``partial``, ``missed`` or ""."""
+    found = {view.last.outcome for view in data.attacks}
+    return next((o for o in ("exact", "partial", "missed") if o in found), "")
 
 
 def _number(value: Any) -> str:
@@ -85,6 +95,7 @@ def render_html(data: ReportData) -> str:
             pii_categories=PII_CATEGORIES,
             pii_any=any(view.pii for view in data.attacks),
             first_round=first_round,
+            outcome=outcome(data),
             colors=figures.STATUS_COLORS,
         )
     )

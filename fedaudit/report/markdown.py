@@ -27,7 +27,7 @@ from fedaudit.audit.records import (
 )
 from fedaudit.report.data import build, defenses_line, load_scenario_dict, natural_key, plural
 from fedaudit.report.html import render_html
-from fedaudit.report.summary import fixed, format_metrics
+from fedaudit.report.summary import clip, fixed, format_metrics
 from fedaudit.report.summary_json import render_json
 from fedaudit.safety import clean_text, write_private
 
@@ -79,6 +79,7 @@ def render_report(run_dir: str | Path) -> str:
     env.filters["metrics"] = format_metrics
     env.filters["fixed"] = fixed
     env.filters["plural"] = plural
+    env.filters["clip"] = clip
     env.filters["epsilon"] = lambda e: str(e) if isinstance(e, str) else f"{e:.3g}"
     return env.get_template("report.template.md").render(
         run_id=run_dir.name,

@@ -5,14 +5,11 @@ It reads a record's ``comparison`` (the scorer's one-to-one pairs, with ground t
 ``reconstruction`` (what the attack returned; all a deployment has). Every string is cleaned
 (``clean_text``) here; markup is left to the template, which escapes it.
 
-Images are embedded as ``data:`` URIs so the report stays one file. A record names them by a
-path relative to the run directory; a path that leaves the run directory, is not a regular
-file, is too large or is not a PNG is refused and said so, never read or linked.
+Images are embedded as ``data:`` URIs (``fedaudit.report.images``) so the report stays one file.
 """
 
 from __future__ import annotations
 
-import base64
 import difflib
 import math
 from collections import Counter
@@ -21,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedaudit.report.summary import METRIC_ABBREV, fixed
+from fedaudit.report.images import ImageBudget, embed_png
+from fedaudit.report.summary import METRIC_ABBREV, compact, fixed
 from fedaudit.safety import clean_text
 
 #: A recovered example that is not exact counts as "partially" recovered from this score on
@@ -31,11 +29,11 @@ PARTIAL_SCORE = {"text": "rouge1", "table": "feature_accuracy", "image": "ssim"}
 UNITS = {"text": "sentences", "image": "images", "table": "records"}
 #: Without pairs an audit's verdict counts one client update: its batch's token set, label set...
 VERDICT_UNITS = {"token_recall": "token sets", "label_accuracy": "label sets"}
-#: Images per record drawn in the report, and all the image bytes one report may embed.
+#: Without pairs, an audit whose labels ground truth scored is counted by this measured score
+#: (1.0: exactly, above 0: partially, 0: not at all) rather than by the attack's own verdict.
+MEASURED = "label_accuracy"
+#: Images per record drawn in the report.
 IMAGES_PER_RECORD = 16
-IMAGE_BUDGET_BYTES = 1_000_000
-MAX_IMAGE_BYTES = 256_000
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: Tokens and texts listed for an audit without pairs.
 LIST_LIMIT = 64
 
@@ -53,17 +51,26 @@ class Counts:
     """Some record kept fewer pairs than it had true examples (the cap)."""
     unscored: int = 0
     """Audits not counted: not applicable, errors, timeouts (or, by examples, audits without pairs)."""
+    measured: int = 0
+    """Audits counted by their measured label accuracy rather than by their verdict (``MEASURED``)."""
 
     @property
     def total(self) -> int:
         return self.exact + self.partial + self.missed
 
+    @property
+    def outcome(self) -> str:
+        """What leaked at worst: ``exact``, ``partial``, ``missed`` (nothing), or "" (nothing counted)."""
+        if not self.total:
+            return ""
+        return "exact" if self.exact else "partial" if self.partial else "missed"
+
     def sentence(self, unit: str, when: str) -> str:
-        """``31 of 32 sentences recovered word for word in round 3``."""
+        """``31 of 32 sentences recovered word for word in round 3``; ``0 of 1 client update ...``."""
         if not self.total:
             return f"nothing scored {when}"
         how = "word for word" if unit == "sentences" else "exactly"
-        return f"{self.exact} of {self.total} {unit} recovered {how} {when}"
+        return f"{self.exact} of {self.total} {unit_word(self.total, unit)} recovered {how} {when}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +81,7 @@ class Counts:
             "total": self.total,
             "capped": self.capped,
             "unscored": self.unscored,
+            "measured": self.measured,
         }
 
 
@@ -85,6 +93,22 @@ def status_counts(status: str) -> Counts:
         counts.unscored = 1
     else:
         setattr(counts, key, 1)
+    return counts
+
+
+def measured_counts(metrics: dict[str, Any], comparison: dict[str, Any] | None) -> Counts | None:
+    """One audit counted by its measured label accuracy, when ground truth scored its labels
+    (None otherwise): 1.0 exactly, above 0 partially, 0 not at all."""
+    value = metrics.get(MEASURED)
+    if not (comparison and isinstance(comparison.get("labels"), dict)) or not number(value) or math.isinf(value):
+        return None
+    counts = Counts(measured=1)
+    if value >= 1.0 - 1e-9:
+        counts.exact = 1
+    elif value > 0:
+        counts.partial = 1
+    else:
+        counts.missed = 1
     return counts
 
 
@@ -119,6 +143,7 @@ def total(parts: Iterable[Counts]) -> Counts:
         out.partial += part.partial
         out.missed += part.missed
         out.unscored += part.unscored
+        out.measured += part.measured
         out.capped = out.capped or part.capped
     return out or Counts()
 
@@ -134,6 +159,11 @@ def pii_counts(comparison: dict[str, Any] | None) -> dict[str, int]:
 def unit(kind: str | None, metric: str | None) -> str:
     """What the headline counts: true examples by kind, else what each audit's verdict is about."""
     return UNITS.get(kind or "") or VERDICT_UNITS.get(metric or "", "client updates")
+
+
+def unit_word(count: int, unit: str) -> str:
+    """``unit`` (a plural such as ``client updates``) for ``count`` of them: singular for one."""
+    return unit[:-1] if count == 1 and unit.endswith("s") else unit
 
 
 def number(value: Any) -> bool:
@@ -160,6 +190,8 @@ class Shown:
     tokens: list[str] = field(default_factory=list)
     tokens_total: int = 0
     columns: list[str] = field(default_factory=list)
+    numeric: list[bool] = field(default_factory=list)
+    """Per column: every value in it is a number (right-aligned)."""
     rows: list[list[str]] = field(default_factory=list)
     images: list[dict[str, Any]] = field(default_factory=list)
     inputs: str = ""
@@ -170,44 +202,6 @@ class Shown:
     @property
     def empty(self) -> bool:
         return not (self.pairs or self.labels or self.texts or self.tokens or self.rows or self.images or self.inputs)
-
-
-class ImageBudget:
-    """The image bytes a report may still embed (it stays one small file)."""
-
-    def __init__(self, limit: int) -> None:
-        self.left = limit
-
-    def take(self, size: int) -> bool:
-        if size > self.left:
-            return False
-        self.left -= size
-        return True
-
-
-def embed_png(run_dir: Path, name: Any, budget: ImageBudget) -> tuple[str | None, str]:
-    """``(data URI, "")`` for a PNG the record names inside ``run_dir``, else ``(None, why not)``."""
-    if not isinstance(name, str) or not name:
-        return None, "no image"
-    relative = Path(name)
-    root = run_dir.resolve()
-    try:
-        path = (root / relative).resolve()
-    except (OSError, RuntimeError):
-        return None, "refused: unreadable path"
-    if relative.is_absolute() or not path.is_relative_to(root):
-        return None, "refused: the path leaves the run directory"
-    if not path.is_file():
-        return None, "image file missing"
-    size = path.stat().st_size
-    if size > MAX_IMAGE_BYTES:
-        return None, "image too large to embed"
-    data = path.read_bytes()
-    if not data.startswith(PNG_MAGIC):
-        return None, "not a PNG file"
-    if not budget.take(len(data)):
-        return None, "not embedded: the report's image budget is spent"
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii"), ""
 
 
 def word_diff(original: str, recovered: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -275,8 +269,7 @@ def _pairs(out: Shown, pairs: list[dict[str, Any]], run_dir: Path, budget: Image
                 }
             )
     elif out.kind == "table":
-        for pair in pairs:
-            out.pairs.append(_table_pair(pair))
+        _table_pairs(out, pairs)
     else:
         for pair in pairs:
             recovered = pair.get("recovered")
@@ -291,23 +284,49 @@ def _pairs(out: Shown, pairs: list[dict[str, Any]], run_dir: Path, budget: Image
             )
 
 
-def _table_pair(pair: dict[str, Any]) -> dict[str, Any]:
-    original = pair.get("original") if isinstance(pair.get("original"), dict) else {}
-    recovered = pair.get("recovered") if isinstance(pair.get("recovered"), dict) else None
-    columns = list(dict.fromkeys([*original, *(recovered or {})]))
-    differs = pair.get("differs")
-    if isinstance(differs, list):
-        wrong = {str(c) for c in differs}
-    else:
-        wrong = {c for c in columns if recovered is None or original.get(c) != recovered.get(c)}
-    return {
-        "exact": pair.get("exact") is True,
-        "columns": [clean_text(c) for c in columns],
-        "original": [clean_text(original.get(c, "")) for c in columns],
-        "recovered": None if recovered is None else [clean_text(recovered.get(c, "")) for c in columns],
-        "differs": [c in wrong for c in columns],
-        "score": scores(pair.get("score")),
-    }
+def cell(value: Any, column_max: float | None = None) -> str:
+    """A table field for display: a number compact (``compact``, to 6 digits of its column's
+    largest magnitude), anything else cleaned text."""
+    shown = compact(value, column_max)
+    return clean_text(value) if shown is None else shown
+
+
+def column_maxima(rows: list[dict[str, Any]], keys: list[Any]) -> list[float | None]:
+    """Per key, the largest finite magnitude of the numbers under it in ``rows`` (None: none)."""
+    out = []
+    for key in keys:
+        values = [abs(float(r[key])) for r in rows if compact(r.get(key)) is not None and math.isfinite(r[key])]
+        out.append(max(values) if values else None)
+    return out
+
+
+def _table_pairs(out: Shown, pairs: list[dict[str, Any]]) -> None:
+    """Every pair of one record in one table: shared columns (``out.columns``), per pair the
+    original's and the recovered record's fields in that order and which of them differ."""
+    records = [(p.get("original"), p.get("recovered"), p) for p in pairs]
+    records = [(o if isinstance(o, dict) else {}, r if isinstance(r, dict) else None, p) for o, r, p in records]
+    keys = list(dict.fromkeys(k for o, r, _ in records for k in [*o, *(r or {})]))
+    rows = [row for o, r, _ in records for row in (o, r or {})]
+    maxima = column_maxima(rows, keys)
+    out.columns = [clean_text(k) for k in keys]
+    out.numeric = [all(compact(v) is not None for row in rows if (v := row.get(k)) is not None) for k in keys]
+    for original, recovered, pair in records:
+        shown = [cell(original.get(k, ""), top) for k, top in zip(keys, maxima)]
+        back = None if recovered is None else [cell(recovered.get(k, ""), top) for k, top in zip(keys, maxima)]
+        differs = pair.get("differs")
+        if isinstance(differs, list):
+            wrong = {str(c) for c in differs}
+        else:  # no verdict from the scorer: the fields that read differently
+            wrong = {str(k) for i, k in enumerate(keys) if back is None or shown[i] != back[i]}
+        out.pairs.append(
+            {
+                "exact": pair.get("exact") is True,
+                "original": shown,
+                "recovered": back,
+                "differs": [str(k) in wrong for k in keys],
+                "score": scores(pair.get("score")),
+            }
+        )
 
 
 def _labels(true: Any, recovered: Any) -> dict[str, Any]:
@@ -341,7 +360,9 @@ def _recovered_only(out: Shown, recon: dict[str, Any], run_dir: Path, budget: Im
         out.kind = out.kind or "table"
         out.columns = [clean_text(c) for c in dict.fromkeys(k for r in rows for k in r)]
         keys = list(dict.fromkeys(k for r in rows for k in r))
-        out.rows = [[clean_text(r.get(k, "")) for k in keys] for r in rows]
+        maxima = column_maxima(rows, keys)
+        out.rows = [[cell(r.get(k, ""), top) for k, top in zip(keys, maxima)] for r in rows]
+        out.numeric = [all(compact(r[k]) is not None for r in rows if k in r) for k in keys]
     if isinstance(recon.get("images"), list):
         out.kind = out.kind or "image"
         names = recon["images"]
@@ -354,4 +375,5 @@ def _recovered_only(out: Shown, recon: dict[str, Any], run_dir: Path, budget: Im
     if isinstance(inputs, dict) and _integer(inputs.get("count")):
         shape = inputs.get("shape") if isinstance(inputs.get("shape"), list) else []
         dims = "x".join(clean_text(d) for d in shape)
-        out.inputs = f"{inputs['count']} inputs" + (f" of shape {dims}" if dims else "")
+        count = inputs["count"]
+        out.inputs = f"{count} input{'' if count == 1 else 's'}" + (f" of shape {dims}" if dims else "")
