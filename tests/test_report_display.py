@@ -175,3 +175,17 @@ def test_rounds_at_one_point_share_one_label(tmp_path: Path) -> None:
     svg = figures.leakage_vs_accuracy([view], [{"round": r, "accuracy": 0.5} for r in (1, 2)])
     assert ">r1, r2</text>" in svg and ">r1</text>" not in svg
     assert figures._rounds_text([3, 1, 2]) == "r1–r3"
+
+
+def test_a_big_run_shows_the_first_and_last_rounds_first_clients(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    for rnd in (1, 2, 3):
+        for client in range(30):
+            store.append(_text_record(rnd, str(client), [(f"secret {rnd} {client}", f"secret {rnd} {client}")]))
+    html, page, _ = _render(store)
+    blocks = [(b["data-round"], b["data-client"]) for b in page.find("details", cls="client-round")]
+    assert blocks == [("1", str(c)) for c in range(20)] + [("3", str(c)) for c in range(20)]
+    assert "50 more round-and-client blocks are left out of this page" in _text(page)
+    # Every audit still counts in the headline and the heatmaps.
+    assert "30 of 30 sentences recovered word for word in round 3" in _text(page)
+    assert "Whole run: 90 exactly" in _text(page)

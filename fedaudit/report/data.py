@@ -43,6 +43,8 @@ else:  # pragma: no cover
 SCENARIO = "scenario.toml"
 #: ``audit.max_examples_per_record``'s default, for runs whose scenario predates the key.
 DEFAULT_CAP = 64
+#: Side-by-side blocks (one per round and client) a page shows at most.
+SIDE_BY_SIDE_BLOCKS = 40
 #: The metric that stands for "how much leaked", by preference: text (ROUGE-1), images (PSNR),
 #: tables, labels, token sets.
 HEADLINE_METRICS = ("rouge1", "psnr", "feature_accuracy", "label_accuracy", "token_recall")
@@ -186,11 +188,23 @@ class ReportData:
         return any(a.shown.scored and a.shown.kind == "text" for a in self.audits)
 
     def client_rounds(self) -> list[tuple[int, str, list[Audit]]]:
-        """(round, client, audits) in round, then client order: the side-by-side blocks."""
+        """(round, client, audits) in round, then client order: the side-by-side blocks. A big
+        run keeps the page readable and small: past ``SIDE_BY_SIDE_BLOCKS`` blocks, the first
+        and the last round's first clients are shown (``blocks_left_out`` counts the rest)."""
         groups: dict[tuple[int, str], list[Audit]] = defaultdict(list)
         for audit in self.audits:
             groups[(audit.round, audit.client)].append(audit)
-        return [(r, c, audits) for (r, c), audits in groups.items()]
+        blocks = [(r, c, audits) for (r, c), audits in groups.items()]
+        if len(blocks) <= SIDE_BY_SIDE_BLOCKS:
+            return blocks
+        half = SIDE_BY_SIDE_BLOCKS // 2
+        first, last = blocks[0][0], blocks[-1][0]
+        later = [b for b in blocks if b[0] == last and last != first]
+        return [b for b in blocks if b[0] == first][:half] + later[:half]
+
+    @property
+    def blocks_left_out(self) -> int:
+        return len({(a.round, a.client) for a in self.audits}) - len(self.client_rounds())
 
 
 def build(run_dir: str | Path, image_budget: int = IMAGE_BUDGET_BYTES) -> ReportData:
