@@ -93,7 +93,7 @@ def run_audited_federation(
     )
     if not store.closed:
         store.keep_last_checkpoint()
-        write_report(store.path)
+        _report_or_say_why(store, "the report")
 
 
 def _round_report(store: RunStore, server_round: int, rounds: int) -> None:
@@ -102,11 +102,15 @@ def _round_report(store: RunStore, server_round: int, rounds: int) -> None:
     never stops the federation."""
     if store.closed or not 0 < server_round < rounds:
         return
+    _report_or_say_why(store, "the report after this round")
+
+
+def _report_or_say_why(store: RunStore, what: str) -> None:
     try:
         write_report(store.path)
-    except Exception as err:  # noqa: BLE001 - the run matters more than an interim report
+    except Exception as err:  # noqa: BLE001 - records are what matter; `fedaudit report` renders them later
         why = clean_text(f"{type(err).__name__}: {err}")[:200]
-        print(f"fedaudit: warning: the report after this round was not written: {why}", flush=True)
+        print(f"fedaudit: warning: {what} was not written ({why}); fedaudit report RUN_DIR writes it", flush=True)
 
 
 def build_server_app(

@@ -9,6 +9,7 @@ from fedaudit.audit.records import AttackRecord, ClientError, UtilityRecord, rea
 from fedaudit.audit.store import RunStore
 from fedaudit.config import Scenario
 from fedaudit.report.markdown import md_escape, render_report
+from tests.conftest import REPO_ROOT
 
 
 def test_store_is_private_and_flushes_each_record(tmp_path: Path) -> None:
@@ -83,3 +84,31 @@ def test_one_summary_per_attack_skips_what_is_not_a_finite_number() -> None:
     assert (summary.attack, summary.audits, summary.statuses) == ("dager", 3, {"exact": 1, "partial": 1, "timeout": 1})
     assert summary.metrics == {"rouge1": 0.75}
     assert (summary.seconds_mean, summary.seconds_median, summary.peak_mem_mb) == (2.0, 2.0, 30.0)
+
+
+def test_the_report_renders_from_a_flower_app_bundle(tmp_path: Path) -> None:
+    """Under ``flwr run`` fedaudit is imported from the app's FAB, which holds only the file
+    kinds Flower packs (no .j2 or .css): the templates come from the installed fedaudit."""
+    import shutil
+    import subprocess
+    import sys
+
+    from flwr.common.constant import FAB_INCLUDE_PATTERNS
+
+    packed = {pattern.removeprefix("**/*") for pattern in FAB_INCLUDE_PATTERNS if pattern.startswith("**/*.")}
+    bundle = tmp_path / "fab"
+    for source in (REPO_ROOT / "fedaudit").rglob("*"):
+        if source.is_file() and source.suffix in packed and "__pycache__" not in source.parts:
+            target = bundle / source.relative_to(REPO_ROOT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target)
+    assert not list(bundle.rglob("*.j2")) and (bundle / "fedaudit/report/templates/report.template.md").is_file()
+    run_dir = shutil.copytree(LEGACY_RUN, tmp_path / "run")
+    script = (
+        "import fedaudit, sys; from fedaudit.report.markdown import write_reports; "
+        f"assert fedaudit.__file__.startswith({str(bundle)!r}), fedaudit.__file__; "
+        f"write_reports({str(run_dir)!r})"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=bundle, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'id="headline"' in (run_dir / "report.html").read_text(encoding="utf-8")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from jinja2 import Environment, StrictUndefined
 from markupsafe import Markup
 
 from fedaudit.report import figures
 from fedaudit.report.data import STATUSES, ReportData, plural
+from fedaudit.report.loader import template_loader
 from fedaudit.report.recovered import unit_word
 from fedaudit.report.summary import METRIC_ABBREV, clip, fixed, format_metrics
 
@@ -37,7 +38,7 @@ STATUS_WORDS = {
 
 def environment() -> Environment:
     env = Environment(
-        loader=PackageLoader("fedaudit.report", "templates"),
+        loader=template_loader(),
         autoescape=True,
         undefined=StrictUndefined,
         trim_blocks=True,

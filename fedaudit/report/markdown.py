@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
+from jinja2 import Environment, StrictUndefined
 
 from fedaudit.audit.records import (
     attack_records,
@@ -27,6 +27,7 @@ from fedaudit.audit.records import (
 )
 from fedaudit.report.data import build, defenses_line, load_scenario_dict, natural_key, plural
 from fedaudit.report.html import render_html
+from fedaudit.report.loader import template_loader
 from fedaudit.report.summary import clip, fixed, format_metrics
 from fedaudit.report.summary_json import render_json
 from fedaudit.safety import clean_text, write_private
@@ -68,7 +69,7 @@ def render_report(run_dir: str | Path) -> str:
     for r in sorted(audits, key=lambda r: (natural_key(clean_text(r.client)), order[r.attack])):
         rounds[r.round].append(r)
     env = Environment(
-        loader=PackageLoader("fedaudit.report", "templates"),
+        loader=template_loader(),
         undefined=StrictUndefined,
         autoescape=False,
         trim_blocks=True,
