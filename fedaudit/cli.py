@@ -295,7 +295,7 @@ def sweep(
     ] = None,
     resume: Annotated[bool, typer.Option(help="Keep the cells --out already finished; run only the others.")] = False,
 ) -> None:
-    """Run a scenario over a grid of settings; write sweep.csv, sweep.md and sweep.png."""
+    """Run a scenario over a grid of settings; write sweep.html, sweep.csv, sweep.md and sweep.png."""
     from fedaudit import sweep as sweeping
 
     if resume and (out is None or not out.is_dir()):
@@ -322,7 +322,7 @@ def sweep(
 
     with Counter(console, "cells", len(cells)) as counter:  # drawn on a terminal only
         path = sweeping.sweep(scenario, parsed, set_ or [], workers, out, progress, resume=resume)
-    console.print(f"Sweep: {path / 'sweep.md'}, {path / 'sweep.csv'}, {path / 'sweep.png'}")
+    console.print(f"Sweep: {path / 'sweep.html'} (sweep.md, sweep.csv and sweep.png beside it)")
 
 
 #: ``fedaudit list`` choices (typer shows and checks them).

@@ -2,8 +2,9 @@
 utility and privacy budget.
 
 Each cell is an ordinary ``fedaudit run`` (a subprocess, so cells are isolated and can run side
-by side) writing into ``<sweep>/cell-NN/``. After every cell, ``sweep.csv``, ``sweep.md`` and
-``sweep.png`` are rewritten (``write_private``: unique temporary file, atomic rename) from every
+by side) writing into ``<sweep>/cell-NN/``. After every cell, ``sweep.html`` (the grid, plots
+per attack and a link to each cell's report), ``sweep.csv``, ``sweep.md`` and ``sweep.png`` are
+rewritten (``write_private``: unique temporary file, atomic rename) from every
 cell finished so far, so a sweep stopped mid-way keeps what it measured, and ``resume`` runs only
 the cells it lacks (a cell counts as finished when its run directory holds the same resolved
 scenario and a utility record for every round). ``sweep.png`` plots the headline leakage of each
