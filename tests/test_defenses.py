@@ -138,7 +138,9 @@ def test_secure_aggregation_shows_the_auditor_only_group_sums(cola_path, flower_
 
     seen, given_truths = [], []
     audit = strategy.auditor.audit
-    strategy.auditor.audit = lambda obs, truth: seen.append(obs) or given_truths.append(truth) or audit(obs, truth)
+    strategy.auditor.audit = lambda obs, truth, **hooks: (
+        seen.append(obs) or given_truths.append(truth) or audit(obs, truth, **hooks)
+    )
     arrays, _ = strategy.aggregate_train(1, list(reversed(replies)))
 
     assert [obs.client for obs in seen] == ["0+1", "2+3"]

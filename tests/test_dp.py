@@ -204,7 +204,9 @@ def _auditing(sc, records):
     )
     seen = []
     auditor = auditing.auditor
-    auditor.audit = lambda obs, truth, _orig=auditor.audit: seen.append((obs, truth)) or _orig(obs, truth)
+    auditor.audit = lambda obs, truth, _orig=auditor.audit, **hooks: (
+        seen.append((obs, truth)) or _orig(obs, truth, **hooks)
+    )
     return auditing, public, seen
 
 
