@@ -1,15 +1,18 @@
-"""The Docker deployment files agree with each other and with the installed Flower CLI.
+"""The Docker deployment files agree with each other, with the Compose Specification and with
+the installed Flower CLI.
 
-No Docker engine runs here, so nothing is started: docker/compose.yml is parsed with PyYAML,
-every service's command is parsed by the *real* Flower argument parser of the binary its
-image runs (an unknown, removed or deprecated flag fails), and every address a component
-dials is checked to name a service of the file and a port that service listens on.
+No Docker engine runs here, so nothing is started: docker/compose.yml is parsed with PyYAML and
+validated against the Compose Specification's JSON schema (``jsonschema``); every service's
+command is parsed by the *real* Flower argument parser of the binary its image runs (an
+unknown, removed or deprecated flag fails), and every address a component dials is checked to
+name a service of the file and a port that service listens on.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import re
 import shlex
 import shutil
@@ -17,6 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -24,6 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKER_DIR = REPO_ROOT / "docker"
 COMPOSE_FILE = DOCKER_DIR / "compose.yml"
 DOCKERFILE = DOCKER_DIR / "Dockerfile"
+COMPOSE_SPEC = REPO_ROOT / "tests" / "fixtures" / "compose-spec" / "compose-spec.json"
 
 SUPERNODES = ("supernode-1", "supernode-2")
 EXPECTED_SERVICES = {
@@ -67,6 +72,25 @@ def compose() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return compose["services"]
+
+
+def _compose_spec_errors(document: Any) -> list[str]:
+    """Where ``document`` breaks the Compose Specification's own JSON schema (vendored in
+    tests/fixtures/compose-spec with its licence): the format Docker Compose v2 reads."""
+    schema = json.loads(COMPOSE_SPEC.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft7Validator(schema)
+    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(document)]
+
+
+def test_compose_file_follows_the_compose_specification(compose: dict[str, Any]) -> None:
+    assert _compose_spec_errors(compose) == []
+    # The schema is not a formality: misspelt keys are caught, at the service and in a port.
+    broken = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    broken["services"]["superlink"]["comand"] = broken["services"]["superlink"].pop("command")
+    broken["services"]["supernode-1"]["ports"] = [{"taget": 9094}]
+    errors = _compose_spec_errors(broken)
+    assert any(e.startswith("services/superlink: ") and "'comand'" in e for e in errors), errors
+    assert any(e.startswith("services/supernode-1/ports/0") for e in errors), errors
 
 
 def _role(name: str, svc: dict[str, Any]) -> str:
