@@ -22,6 +22,7 @@ from rich.table import Table
 
 from fedaudit import __version__, catalog, noise, processes
 from fedaudit.config import ConfigError, Scenario
+from fedaudit.ray_cluster import RayAddressError, ray_init_address
 from fedaudit.report.summary import plural
 from fedaudit.safety import clean_text
 
@@ -98,6 +99,9 @@ def run(
     check: Annotated[
         bool, typer.Option("--check", help="Only check the scenario, its data and its model (one forward pass).")
     ] = False,
+    ray_address: Annotated[
+        Optional[str], typer.Option(help="Join this Ray cluster (HOST:PORT of its head); default: a Ray of its own.")
+    ] = None,
 ) -> None:
     """Run a federated simulation in which the server audits every client update."""
     if verbose:
@@ -113,6 +117,10 @@ def run(
     if resume is not None and not (resume / SCENARIO).is_file():
         fail(f"--resume {resume}: not a run directory (no {SCENARIO})")
     sc = _load(resume / SCENARIO if resume is not None else scenario, set_)
+    try:
+        ray_init = ray_init_address(ray_address)
+    except RayAddressError as err:
+        fail(str(err))
     try:
         prepare(sc)
         if check:
@@ -131,11 +139,11 @@ def run(
     from fedaudit.audit.records import rounds_completed
 
     finished = resume is not None and rounds_completed(store.records()) >= sc.federation.rounds
-    stopped = None if finished else _simulate(sc, store, verbose, resume is not None)
+    stopped = None if finished else _simulate(sc, store, verbose, resume is not None, ray_init)
     _finish(sc, store, stopped)
 
 
-def _simulate(sc: Scenario, store, verbose: bool, resume: bool) -> str | None:
+def _simulate(sc: Scenario, store, verbose: bool, resume: bool, ray_address: str = "local") -> str | None:
     """Flower's simulation of the scenario; None when it ran to its end, else why it stopped."""
     from flwr.common.logger import update_console_handler
     from flwr.simulation import run_simulation
@@ -159,6 +167,7 @@ def _simulate(sc: Scenario, store, verbose: bool, resume: bool) -> str | None:
                 backend_config={
                     "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                     "init_args": {
+                        "address": ray_address,  # never a stale "current cluster" (fedaudit.ray_cluster)
                         "logging_level": logging.INFO if verbose else logging.ERROR,
                         "log_to_driver": verbose,
                     },
