@@ -224,7 +224,6 @@ def report(
     open_: Annotated[bool, typer.Option("--open", help="Open report.html in a web browser.")] = False,
 ) -> None:
     """Write report.html, report.md and summary.json for a run (also one stopped mid-way)."""
-    # records, not the store: the store imports torch, and a report renders without it.
     from fedaudit.audit.records import RECORDS
     from fedaudit.report.markdown import FORMATS, write_reports
 
