@@ -119,20 +119,21 @@ def to_json(record: Record) -> dict[str, Any]:
         if f.name != "round" and not (f.name in ("reconstruction", "comparison") and value is None):
             out[f.name] = value
     notes: dict[str, str] = {}
-    out = _json_safe(out, "", notes)
+    out = json_safe(out, "", notes)
     if notes:
         out["non_finite"] = notes
     return out
 
 
-def _json_safe(value: Any, path: str, notes: dict[str, str]) -> Any:
+def json_safe(value: Any, path: str, notes: dict[str, str]) -> Any:
+    """``value`` with every non-finite float replaced by None and noted in ``notes`` by path."""
     if isinstance(value, float) and not math.isfinite(value):
         notes[path] = str(value)
         return None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v, f"{path}.{k}" if path else str(k), notes) for k, v in value.items()}
+        return {str(k): json_safe(v, f"{path}.{k}" if path else str(k), notes) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v, f"{path}.{i}", notes) for i, v in enumerate(value)]
+        return [json_safe(v, f"{path}.{i}", notes) for i, v in enumerate(value)]
     return value
 
 
@@ -248,11 +249,11 @@ class AttackSummary:
 def mean_metrics(records: list[AttackRecord]) -> dict[str, float]:
     """Mean of each metric over the records that report it as a finite number."""
     keys = dict.fromkeys(k for r in records for k in r.metrics)
-    values = {k: [v for r in records if _finite_number(v := r.metrics.get(k))] for k in keys}
+    values = {k: [v for r in records if finite_number(v := r.metrics.get(k))] for k in keys}
     return {k: statistics.mean(v) for k, v in values.items() if v}
 
 
-def _finite_number(value: Any) -> bool:
+def finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

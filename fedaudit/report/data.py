@@ -11,7 +11,6 @@ No torch and no Flower: ``fedaudit report`` renders on a machine that has neithe
 
 from __future__ import annotations
 
-import math
 import re
 import statistics
 import sys
@@ -24,6 +23,7 @@ from fedaudit.audit.records import (
     AttackRecord,
     attack_records,
     client_errors,
+    finite_number,
     read_records,
     rejected_updates,
     rounds_completed,
@@ -54,15 +54,6 @@ STATUSES = ("exact", "partial", "failed", "not_applicable", "error", "timeout")
 def natural_key(text: str) -> list[Any]:
     """Sort key that orders digit runs by value: "2" before "10", "c2" before "c10"."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
-def finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def plural(count: int, word: str, many: str | None = None) -> str:
-    """``1 round``, ``2 rounds``; ``many`` for irregular plurals (``1 batch``, ``2 batches``)."""
-    return f"{count} {word if count == 1 else (many or word + 's')}"
 
 
 def load_scenario_dict(run_dir: Path) -> dict[str, Any]:
@@ -228,7 +219,7 @@ def build(run_dir: str | Path, image_budget: int = IMAGE_BUDGET_BYTES) -> Report
         cap=cap if isinstance(cap, int) else DEFAULT_CAP,
         rounds_planned=federation.get("rounds") if isinstance(federation, dict) else None,
         rounds_completed=rounds_completed(records),
-        ground_truth=any(a.shown.scored or any(finite(v) for v in a.metrics.values()) for a in audits),
+        ground_truth=any(a.shown.scored or any(finite_number(v) for v in a.metrics.values()) for a in audits),
         attacks=[_attack_view(name, [a for a in audits if a.attack == name], metric_of[name]) for name in order],
         audits=audits,
         utility=[
@@ -262,11 +253,11 @@ def _audit(r: AttackRecord, metric: str | None, run_dir: Path, budget: ImageBudg
         status=clean_text(r.status),
         reason=clean_text(r.reason),
         metrics={
-            clean_text(k): v if finite(v) else (float(v) if isinstance(v, float) else None)
+            clean_text(k): v if finite_number(v) else (float(v) if isinstance(v, float) else None)
             for k, v in r.metrics.items()
         },
-        seconds=float(r.seconds) if finite(r.seconds) else 0.0,
-        peak_mem_mb=float(r.peak_mem_mb) if finite(r.peak_mem_mb) else 0.0,
+        seconds=float(r.seconds) if finite_number(r.seconds) else 0.0,
+        peak_mem_mb=float(r.peak_mem_mb) if finite_number(r.peak_mem_mb) else 0.0,
         epsilon=float(epsilon) if isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool) else None,
         # PSNR is inf for an image recovered exactly: kept (drawn at the top of the scale), NaN is not.
         headline=float(value) if rec.number(value) else None,
@@ -321,7 +312,7 @@ def _attack_view(name: str, audits: list[Audit], metric: str | None) -> AttackVi
 
 def _attack_round(rnd: int, audits: list[Audit]) -> AttackRound:
     values = [a.headline for a in audits if a.headline is not None]
-    exact = [a.metrics["exact_match"] for a in audits if finite(a.metrics.get("exact_match"))]
+    exact = [a.metrics["exact_match"] for a in audits if finite_number(a.metrics.get("exact_match"))]
     seconds = [a.seconds for a in audits]
     return AttackRound(
         round=rnd,

@@ -12,10 +12,10 @@ from jinja2 import Environment, StrictUndefined
 from markupsafe import Markup
 
 from fedaudit.report import figures
-from fedaudit.report.data import STATUSES, ReportData, plural
+from fedaudit.report.data import STATUSES, ReportData
 from fedaudit.report.loader import template_loader
 from fedaudit.report.recovered import unit_word
-from fedaudit.report.summary import METRIC_ABBREV, clip, fixed, format_metrics
+from fedaudit.report.summary import METRIC_ABBREV, clip, fixed, format_metrics, plural
 
 #: Categories of ``comparison.pii`` (``fedaudit.metrics.pii.CATEGORIES``; not imported: the
 #: report needs none of the detectors), with the words the page uses.

@@ -25,10 +25,10 @@ from fedaudit.audit.records import (
     summarize,
     utility_records,
 )
-from fedaudit.report.data import build, defenses_line, load_scenario_dict, natural_key, plural
+from fedaudit.report.data import build, defenses_line, load_scenario_dict, natural_key
 from fedaudit.report.html import render_html
 from fedaudit.report.loader import template_loader
-from fedaudit.report.summary import clip, fixed, format_metrics
+from fedaudit.report.summary import clip, fixed, format_metrics, plural
 from fedaudit.report.summary_json import render_json
 from fedaudit.safety import clean_text, write_private
 

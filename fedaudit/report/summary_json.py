@@ -11,9 +11,9 @@ number is null and its value noted under ``non_finite`` by its path (``audits.3.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
+from fedaudit.audit.records import json_safe
 from fedaudit.report.data import AttackView, Audit, ReportData
 
 #: Bumped when a field changes meaning or goes away.
@@ -85,22 +85,9 @@ def _audit(audit: Audit) -> dict[str, Any]:
     }
 
 
-def json_ready(value: Any, path: str = "", notes: dict[str, str] | None = None) -> Any:
-    """``value`` with every non-finite float replaced by None and noted in ``notes`` by path."""
-    notes = {} if notes is None else notes
-    if isinstance(value, float) and not math.isfinite(value):
-        notes[path] = str(value)
-        return None
-    if isinstance(value, dict):
-        return {str(k): json_ready(v, f"{path}.{k}" if path else str(k), notes) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v, f"{path}.{i}", notes) for i, v in enumerate(value)]
-    return value
-
-
 def render_json(data: ReportData) -> str:
     notes: dict[str, str] = {}
-    out = json_ready(summary(data), "", notes)
+    out = json_safe(summary(data), "", notes)
     if notes:
         out["non_finite"] = notes
     return json.dumps(out, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
