@@ -4,7 +4,8 @@ Worst case per data kind: an attack that returns every example of a batch of 64,
 keeps the cap's worth of recovered examples beside the originals (text: the synthetic private
 records; images: MNIST and CIFAR-10 batches as PNG files; tables: Adult rows). The records are
 made by the real auditor and written by the real run store; the attack is a stand-in that
-returns the batch with noise, since the cost measured is the record's, not the attack's.
+returns the batch with noise (``tests.helpers.Returns``), since the cost measured is the
+record's, not the attack's.
 
     python benchmarks/record_size.py            # prints a table, writes results/record_size.md
 """
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fedaudit.attacks import Reconstruction  # noqa: E402
 from fedaudit.audit.auditor import Auditor  # noqa: E402
 from fedaudit.audit.store import RunStore  # noqa: E402
-from tests.helpers import client_updates, scenario  # noqa: E402
+from tests.helpers import Returns, client_updates, scenario  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 ADULT_COLUMNS = (
@@ -52,21 +53,6 @@ CASES = {
 }
 
 
-class EverythingBack:
-    """Returns the whole batch, slightly off (so nothing compresses as an exact copy)."""
-
-    name = "everything-back"
-
-    def __init__(self, reconstruction: Reconstruction) -> None:
-        self.reconstruction = reconstruction
-
-    def applicable(self, observation):
-        return True, ""
-
-    def run(self, observation, budget):
-        return self.reconstruction
-
-
 def audit_bytes(overrides: list[str], batch: int, cap: int) -> int:
     observation, truth = client_updates(scenario(*overrides, f"training.batch_size={batch}"), 1)[0]
     if truth.features is not None:
@@ -77,7 +63,7 @@ def audit_bytes(overrides: list[str], batch: int, cap: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(Path(tmp))
         store.records_path.touch()
-        auditor = Auditor([EverythingBack(returned)], budget_seconds=60, sink=store.append, max_examples=cap)
+        auditor = Auditor([Returns(returned)], budget_seconds=60, sink=store.append, max_examples=cap)
         auditor.audit(observation, truth)
         return sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
 

@@ -6,7 +6,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedaudit import federation
-from fedaudit.attacks import Observation
+from fedaudit.attacks import Observation, Reconstruction
 from fedaudit.audit.truth import GroundTruth
 from fedaudit.config import Scenario
 from fedaudit.federation.sampled import sampled_updates
@@ -22,6 +22,22 @@ def client_updates(sc: Scenario, batches: int, seed: int = 0) -> list[tuple[Obse
     data = federation.federated_data(sc)
     public = federation.build_global_model(sc, data.examples)
     return list(sampled_updates(sc, data, public, batches, seed))
+
+
+class Returns:
+    """A stand-in attack that returns a fixed reconstruction: for checking what the auditor
+    and the run store make of it (scoring, comparison, files), not an attack's skill."""
+
+    name = "returns"
+
+    def __init__(self, reconstruction: Reconstruction) -> None:
+        self.reconstruction = reconstruction
+
+    def applicable(self, observation: Observation) -> tuple[bool, str]:
+        return True, ""
+
+    def run(self, observation: Observation, budget: object) -> Reconstruction:
+        return self.reconstruction
 
 
 def train_message(weights: dict[str, torch.Tensor], node: int, server_round: int = 1) -> Message:

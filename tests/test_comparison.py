@@ -16,22 +16,7 @@ from fedaudit.audit.store import RunStore
 from fedaudit.data.demo import generate_demo_records
 from fedaudit.metrics.pii import find_pii, leaked
 from tests.conftest import TINY_BERT, TINY_GPT2
-from tests.helpers import client_updates, scenario
-
-
-class Returns:
-    """A stand-in attack that returns a fixed reconstruction (the scorer is under test here)."""
-
-    name = "returns"
-
-    def __init__(self, reconstruction: Reconstruction) -> None:
-        self.reconstruction = reconstruction
-
-    def applicable(self, observation):
-        return True, ""
-
-    def run(self, observation, budget):
-        return self.reconstruction
+from tests.helpers import Returns, client_updates, scenario
 
 
 def _audit(attack, update, store=None, max_examples=64) -> AttackRecord:
