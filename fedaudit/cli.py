@@ -24,7 +24,7 @@ from fedaudit import __version__, catalog, noise, processes
 from fedaudit.config import ConfigError, Scenario
 from fedaudit.ray_cluster import RayAddressError, ray_init_address
 from fedaudit.report.summary import plural
-from fedaudit.safety import clean_text
+from fedaudit.safety import clean_text, shorten
 
 # Offline-friendly Flower defaults (no telemetry, no update check, no per-run `uv sync` that would
 # pull a CUDA torch); a user's own settings win.
@@ -74,7 +74,7 @@ ERROR_CHARS = 300
 def fail(message: str) -> None:
     """One line on stderr (control characters removed, cut to ``ERROR_CHARS``), exit status 2."""
     line = f"fedaudit: error: {clean_text(message)}"
-    typer.echo(line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 3] + "...", err=True)
+    typer.echo(shorten(line, ERROR_CHARS), err=True)
     raise typer.Exit(2)
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 if sys.version_info >= (3, 11):
@@ -18,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-import tomli_w
+from fedaudit.safety import shorten
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "simulations" / "quickstart.toml"
 
@@ -321,8 +322,7 @@ def _format_error(err: ValidationError) -> str:
 
 def echo_value(value: Any) -> str:
     """``repr(value)`` cut to ``ECHO_CHARS`` (a value can be a whole pasted file)."""
-    text = repr(value)
-    return text if len(text) <= ECHO_CHARS else text[: ECHO_CHARS - 3] + "..."
+    return shorten(repr(value), ECHO_CHARS)
 
 
 def _section_model(loc: tuple) -> type[BaseModel] | None:

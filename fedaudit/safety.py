@@ -38,6 +38,11 @@ def clean_text(value: object) -> str:
     return _CONTROL.sub("", text)
 
 
+def shorten(text: str, limit: int, mark: str = "...") -> str:
+    """``text`` cut to ``limit`` characters, ``mark`` included, when it is longer."""
+    return text if len(text) <= limit else text[: limit - len(mark)] + mark
+
+
 def write_private(path: str | Path, content: str | bytes) -> Path:
     """Write ``content`` to ``path`` atomically, readable by the owner only (0600)."""
     path = Path(path)

@@ -18,6 +18,7 @@ from fedaudit.config import ConfigError, Scenario, echo_value, scenario_from_tom
 from fedaudit.data import Examples, TextExamples, holdout_split, load_examples, partition
 from fedaudit.data.examples import seeded_rng
 from fedaudit.models import ModelBundle, build_model
+from fedaudit.safety import shorten
 from fedaudit.training.local import Batch, encode, evaluate
 
 #: Largest holdout the server evaluates each round (utility is a trend, not a benchmark).
@@ -130,4 +131,4 @@ def _check_positions(bundle: ModelBundle, scenario: Scenario) -> None:
 
 def _first_line(err: BaseException, limit: int = 120) -> str:
     text = f"{type(err).__name__}: {err}".strip().splitlines()[0]
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return shorten(text, limit)

@@ -12,6 +12,7 @@ from rich.console import Console
 from fedaudit.audit.records import AttackRecord, attack_records, read_records
 from fedaudit.report.console import untrusted
 from fedaudit.report.data import build
+from fedaudit.safety import shorten
 
 #: A sentence longer than this is cut on the console (the report shows it whole).
 SHOWN_CHARS = 160
@@ -56,4 +57,4 @@ def recovered_sentences(records: list[AttackRecord], count: int) -> list[tuple[A
 
 def _cut(text: Any) -> str:
     text = " ".join(str(text).split())
-    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
+    return shorten(text, SHOWN_CHARS, "…")

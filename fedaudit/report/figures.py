@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from fedaudit.safety import clean_text
+from fedaudit.safety import clean_text, shorten
 
 STATUS_COLORS = {
     "exact": "#c62828",
@@ -60,8 +60,7 @@ _UNSAFE = re.compile(r"<script|<foreignObject|\son[a-z]+\s*=|(?:href|src)\s*=\s*
 def label(text: Any, limit: int = 14) -> str:
     """A client-controlled label for an axis: one clean line, short, no mathtext."""
     cleaned = clean_text(text)
-    cleaned = cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
-    return cleaned.replace("$", r"\$")
+    return shorten(cleaned, limit, "…").replace("$", r"\$")
 
 
 def drawn(value: float | None, metric: str | None, top: float = PSNR_DRAWN_AT) -> float:
