@@ -24,6 +24,11 @@ def check_audit(audit: AuditConfig) -> None:
             )
     if len(set(audit.attacks)) != len(audit.attacks):
         raise ConfigError(f"audit.attacks = {audit.attacks!r}: an attack is listed twice")
+    for key in audit.resources:
+        if key != "default" and key not in audit.attacks:
+            raise ConfigError(
+                f"audit.resources.{key}: not an attack of audit.attacks ({', '.join(audit.attacks)}) nor \"default\""
+            )
     for key, table in audit.tables().items():
         if key not in REGISTRY:
             allowed = ", ".join([*AuditConfig.model_fields, *REGISTRY.names()])

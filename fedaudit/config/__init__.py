@@ -12,30 +12,20 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from fedaudit.config.audit import AuditConfig
+from fedaudit.config.base import BUDGET_MAX_SECONDS as BUDGET_MAX_SECONDS
+from fedaudit.config.base import ECHO_CHARS, SEED_MAX, ConfigError
+from fedaudit.config.base import Section as _Section
 from fedaudit.safety import shorten
 
-DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "simulations" / "quickstart.toml"
-
-
-class ConfigError(ValueError):
-    """A scenario problem, phrased as one line a user can act on."""
-
-
-# Seeds go to numpy's and torch's generators; a budget over a week is a typo (an infinite one
-# overflows the deadline); echoed values are cut, so an error stays one line.
-SEED_MAX, BUDGET_MAX_SECONDS, ECHO_CHARS = 2**32 - 1, 7 * 24 * 3600.0, 60
-
-
-class _Section(BaseModel):
-    # No float key accepts inf or NaN: every number in a scenario is a real setting.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+DEFAULT_SCENARIO = Path(__file__).resolve().parents[2] / "simulations" / "quickstart.toml"
 
 
 class LoraConfig(_Section):
@@ -112,6 +102,9 @@ class FederationConfig(_Section):
     secure_aggregation_group: int = Field(default=1, ge=1)
     """Secure aggregation: the server sees only the sum of each group of K clients' updates
     (consecutive partition ids; the exact sum, as SecAgg+ would deliver it). 1 = no grouping."""
+    ray_address: str | None = None
+    """HOST:PORT of a Ray cluster to join for the simulation's clients and the audit tasks
+    (``--ray-address``, the run config's ``ray-address``); None: a Ray instance of the run's own."""
     on_bad_update: Literal["reject", "fail"] = "reject"
     """A reply that does not fit the global model (names, shapes, dtypes), is not finite or has
     a bad num-examples: "reject" records it and goes on without it; "fail" stops the run."""
@@ -127,30 +120,6 @@ class TrainingConfig(_Section):
     optimizer: Literal["sgd", "adam"] = "sgd"
     """Local optimizer in fedavg mode (fedsgd clients send the gradient; the server steps with SGD)."""
     max_seq_len: int = Field(default=64, ge=2, le=1_000_000)
-
-
-class AuditConfig(_Section):
-    """``[audit]``: which attacks the server runs and how. Each attack's own options are a table
-    ``[audit.<attack name>]``, validated against that attack's ``Options`` by the attack registry
-    (``fedaudit.audit.plan``), not here: the schema does not know the attacks."""
-
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
-
-    attacks: list[str] = Field(default_factory=lambda: ["embedding-rows", "labels"])
-    ground_truth: bool = True
-    budget_seconds: float = Field(default=120.0, gt=0.0, le=BUDGET_MAX_SECONDS)
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # where attacks compute: "auto" takes CUDA when present
-    max_examples_per_record: int = Field(default=64, ge=1, le=4096)
-    """Examples a record keeps (texts, rows, images, side-by-side pairs): bounds a run's size."""
-
-    def options(self, name: str) -> dict[str, Any]:
-        """The options table ``[audit.<name>]`` as written (empty if absent)."""
-        table = (self.model_extra or {}).get(name)
-        return dict(table) if isinstance(table, dict) else {}
-
-    def tables(self) -> dict[str, Any]:
-        """Every key of ``[audit]`` beyond the fixed ones: attack option tables, or mistakes."""
-        return dict(self.model_extra or {})
 
 
 class DPSGDConfig(_Section):
@@ -294,6 +263,11 @@ class Scenario(_Section):
                 f"federation.secure_aggregation_group = {fed.secure_aggregation_group}: must divide "
                 f"federation.clients ({fed.clients})"
             )
+        audit = self.audit
+        if isinstance(audit.clients, list) and max(audit.clients) >= fed.clients:
+            raise ValueError(f"audit.clients = {audit.clients}: partition ids are 0..{fed.clients - 1}")
+        if isinstance(audit.rounds, list) and max(audit.rounds) > fed.rounds:
+            raise ValueError(f"audit.rounds = {audit.rounds}: the run has rounds 1..{fed.rounds}")
         for key in ("central_dp", "local_dp"):
             if getattr(d, key) is not None and t.mode == "fedsgd":
                 raise ValueError(
