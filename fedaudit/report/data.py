@@ -31,6 +31,7 @@ from fedaudit.audit.records import (
     utility_records,
 )
 from fedaudit.report import recovered as rec
+from fedaudit.report.estimate import Sample, sample_of
 from fedaudit.report.images import IMAGE_BUDGET_BYTES, ImageBudget
 from fedaudit.safety import clean_text
 
@@ -172,6 +173,8 @@ class ReportData:
     problems: list[Audit] = field(default_factory=list)
     """Audits that ended in an error or a timeout."""
     run_dir: Path | None = None
+    sample: Sample | None = None
+    """What a sampled run audited and the leakage estimated over it (None: every update audited)."""
 
     @property
     def has_text(self) -> bool:
@@ -212,7 +215,7 @@ def build(run_dir: str | Path, image_budget: int = IMAGE_BUDGET_BYTES) -> Report
     budget = ImageBudget(image_budget)
     audits = [_audit(r, metric_of[r.attack], run_dir, budget) for r in raw]
     federation = scenario.get("federation", {})
-    return ReportData(
+    data = ReportData(
         run_id=clean_text(run_dir.name),
         scenario=scenario,
         defenses=defenses_line(scenario) if scenario else "",
@@ -233,6 +236,15 @@ def build(run_dir: str | Path, image_budget: int = IMAGE_BUDGET_BYTES) -> Report
         problems=[a for a in audits if a.status in ("error", "timeout")],
         run_dir=run_dir,
     )
+    data.sample = sample_of(
+        scenario,
+        audits,
+        {view.name: view.metric for view in data.attacks},
+        utility=data.utility,
+        skipped=data.skipped,
+        errors=data.client_errors,
+    )
+    return data
 
 
 def headline_metric(records: list[AttackRecord]) -> str | None:

@@ -25,7 +25,8 @@ from fedaudit.audit.records import (
     summarize,
     utility_records,
 )
-from fedaudit.report.data import build, defenses_line, load_scenario_dict, natural_key
+from fedaudit.report.data import ReportData, build, defenses_line, load_scenario_dict, natural_key
+from fedaudit.report.estimate import audit_sample
 from fedaudit.report.html import render_html
 from fedaudit.report.loader import template_loader
 from fedaudit.report.summary import clip, fixed, format_metrics, plural
@@ -58,10 +59,14 @@ def sparkline(values: list[Any]) -> str:
     return "".join(BARS[1 + round((v - lo) / span * (len(BARS) - 2))] for v in values)
 
 
-def render_report(run_dir: str | Path) -> str:
+def render_report(run_dir: str | Path, data: ReportData | None = None) -> str:
+    """``report.md`` of ``run_dir``; ``data``, its data model if already built, gives a sampled
+    run's estimates (built here, without images, when not given)."""
     run_dir = Path(run_dir)
     records = read_records(run_dir)
     scenario = load_scenario_dict(run_dir)
+    # The estimates come from the data model: one definition of what an audit recovered.
+    sample = (data or build(run_dir, image_budget=0)).sample if audit_sample(scenario) else None
     audits = attack_records(records)
     utility = utility_records(records)
     order = {name: i for i, name in enumerate(dict.fromkeys(r.attack for r in audits))}
@@ -82,6 +87,7 @@ def render_report(run_dir: str | Path) -> str:
     env.filters["plural"] = plural
     env.filters["clip"] = clip
     env.filters["epsilon"] = lambda e: str(e) if isinstance(e, str) else f"{e:.3g}"
+    env.filters["percent"] = lambda x: fixed(100 * x, 1) + "%"
     return env.get_template("report.template.md").render(
         run_id=run_dir.name,
         scenario=scenario,
@@ -95,6 +101,7 @@ def render_report(run_dir: str | Path) -> str:
         rejected=_in_order(rejected_updates(records)),
         skipped=_in_order(skipped_rounds(records)),
         completed_rounds=rounds_completed(records),
+        sample=sample,
     )
 
 
@@ -113,7 +120,7 @@ def write_reports(run_dir: str | Path, formats: Iterable[str] = tuple(FORMATS)) 
     data = build(run_dir) if {"html", "json"} & set(formats) else None
     render = {
         "html": lambda: render_html(data),
-        "md": lambda: render_report(run_dir),
+        "md": lambda: render_report(run_dir, data),
         "json": lambda: render_json(data),
     }
     return [write_private(run_dir / FORMATS[f], render[f]()) for f in formats]

@@ -3,9 +3,11 @@
 
 Per attack: the headline counts (whole run and last round), verdicts, identifiers that leaked,
 and per round the verdicts and the headline metric's mean, min and max over clients. Per round,
-client and attack: verdict, reason, metrics, cost, epsilon and counts. No recovered text or
-images: those stay in the HTML. JSON has no inf or NaN: as in ``records.jsonl``, a non-finite
-number is null and its value noted under ``non_finite`` by its path (``audits.3.metrics.psnr``).
+client and attack: verdict, reason, metrics, cost, epsilon and counts. A sampled run adds
+``sample``: what was audited and, per attack, the estimates with their 95% intervals. No
+recovered text or images: those stay in the HTML. JSON has no inf or NaN: as in
+``records.jsonl``, a non-finite number is null and its value noted under ``non_finite`` by its
+path (``audits.3.metrics.psnr``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ SCHEMA_VERSION = 1
 
 
 def summary(data: ReportData) -> dict[str, Any]:
-    return {
+    out = {
         "schema": SCHEMA_VERSION,
         "run_id": data.run_id,
         "scenario": data.scenario.get("name"),
@@ -38,6 +40,9 @@ def summary(data: ReportData) -> dict[str, Any]:
         "rejected_updates": data.rejected,
         "skipped_rounds": data.skipped,
     }
+    if data.sample:  # a sampled run only: a run that audits every update is reported as before
+        out["sample"] = data.sample.as_dict()
+    return out
 
 
 def _attack(view: AttackView) -> dict[str, Any]:
