@@ -117,8 +117,10 @@ def run(
     if resume is not None and not (resume / SCENARIO).is_file():
         fail(f"--resume {resume}: not a run directory (no {SCENARIO})")
     sc = _load(resume / SCENARIO if resume is not None else scenario, set_)
+    if ray_address is not None:  # the simulation's clients and the audit tasks join it alike
+        sc.federation.ray_address = ray_address
     try:
-        ray_init = ray_init_address(ray_address)
+        ray_init = ray_init_address(sc.federation.ray_address)
     except RayAddressError as err:
         fail(str(err))
     try:
@@ -170,6 +172,7 @@ def _simulate(sc: Scenario, store, verbose: bool, resume: bool, ray_address: str
                         "address": ray_address,  # never a stale "current cluster" (fedaudit.ray_cluster)
                         "logging_level": logging.INFO if verbose else logging.ERROR,
                         "log_to_driver": verbose,
+                        **_audit_resources(sc, ray_address),
                     },
                 },
                 verbose_logging=verbose,
@@ -192,6 +195,14 @@ def _simulate(sc: Scenario, store, verbose: bool, resume: bool, ray_address: str
         cause = failure[0].__cause__ or failure[0]
         return f"{type(cause).__name__}: {cause}"
     return None
+
+
+def _audit_resources(sc: Scenario, ray_address: str) -> dict:
+    """A run's own Ray declares ``audit = audit.workers``, the resource audit actors ask for
+    (``fedaudit.config.audit.AttackResources``); a joined cluster's nodes declare their own."""
+    if ray_address != "local" or sc.audit.backend != "ray":
+        return {}
+    return {"resources": {"audit": float(sc.audit.workers)}}
 
 
 def _finish(sc: Scenario, store, stopped: str | None) -> None:

@@ -37,4 +37,7 @@ def scenario_from_run_config(run_config: Mapping[str, Any]) -> Scenario:
     output_dir = str(run_config.get("output-dir", "")).strip()
     if output_dir:
         scenario.output.dir = output_dir
+    ray_address = str(run_config.get("ray-address", "")).strip()
+    if ray_address:  # the audit tasks join that Ray cluster (``audit.backend = "ray"``)
+        scenario.federation.ray_address = ray_address
     return scenario

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+from collections.abc import Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedaudit import federation
-from fedaudit.audit.auditor import Auditor
+from fedaudit.audit.auditor import SERVER_WORK, Auditor
+from fedaudit.audit.pool import AuditPool
 from fedaudit.audit.records import Record, UtilityRecord
 from fedaudit.audit.store import RunStore
 from fedaudit.config import Scenario
@@ -42,10 +45,12 @@ def run_audited_federation(
     the global model after each round is checkpointed. With ``resume``, continue ``store``'s run
     after its last finished round (``RunStore.resume``). ``progress`` hears of every step."""
     console = RoundConsole(scenario, progress=progress)
+    writing = threading.Lock()  # records come from the audit threads and from Flower's
 
     def sink(record: Record) -> None:
-        store.append(record)
-        console.record(record)
+        with writing:
+            store.append(record)
+            console.record(record)
 
     data = federation.federated_data(scenario)
     public_model = federation.build_global_model(scenario, data.examples)  # what attacks may run
@@ -63,18 +68,35 @@ def run_audited_federation(
         server_round = flower_round + done
         weights = arrays.to_torch_state_dict()
         store.save_checkpoint(server_round, weights)
-        evaluator.load_state(weights)
-        metrics = evaluate(evaluator, holdout)
-        sink(UtilityRecord(round=server_round, metrics=metrics, examples=len(holdout)))
-        console.round_done(server_round)
-        _round_report(store, server_round, scenario.federation.rounds)
+        with SERVER_WORK:
+            evaluator.load_state(weights)
+            metrics = evaluate(evaluator, holdout)
+
+        def finished() -> None:  # the utility record marks the round done: after its audits
+            sink(UtilityRecord(round=server_round, metrics=metrics, examples=len(holdout)))
+            console.round_done(server_round)
+            _round_report(store, server_round, scenario.federation.rounds)
+
+        auditing.schedule.after(server_round, finished)
         return MetricRecord({k: v for k, v in metrics.items() if math.isfinite(v)})
 
     clients = scenario.federation.clients
     inner = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients, min_available_nodes=clients)
-    auditor = Auditor.for_scenario(scenario.audit, sink=sink)
+    pool = AuditPool.for_audit(scenario.audit, scenario.federation.ray_address)
+    auditor = Auditor.for_scenario(scenario.audit, sink=sink, pool=pool)
     auditing = AuditingStrategy(inner, auditor, scenario, public_model, sink, done + 1, console.progress)
-    strategy = with_central_dp(auditing, scenario)
+    try:
+        _train(grid, with_central_dp(auditing, scenario), scenario, initial, done, evaluate_global)
+        auditing.schedule.wait(at_most=0)  # every audit recorded before the last report
+    finally:
+        auditor.close()
+    if not store.closed:
+        store.keep_last_checkpoint()
+        _report_or_say_why(store, "the report")
+
+
+def _train(grid: Grid, strategy: Strategy, scenario: Scenario, initial: dict, done: int, evaluate_fn: Callable) -> None:
+    """Flower's training loop from round ``done + 1`` to the last, starting from ``initial``."""
     t = scenario.training
     strategy.start(
         grid=grid,
@@ -89,11 +111,8 @@ def run_audited_federation(
                 "mini-batch-size": t.mini_batch_size,
             }
         ),
-        evaluate_fn=evaluate_global,
+        evaluate_fn=evaluate_fn,
     )
-    if not store.closed:
-        store.keep_last_checkpoint()
-        _report_or_say_why(store, "the report")
 
 
 def _round_report(store: RunStore, server_round: int, rounds: int) -> None:

@@ -10,9 +10,13 @@ Hooks, in the order Flower calls them each round:
   neither reaches the auditor or the aggregate. With no update left, or an aggregate that is
   not finite, the round is recorded as skipped and the global model stays as it was. It then
   splits every accepted reply into an Observation (what the server
-  legitimately sees) and a GroundTruth (the client's ``audit`` record, simulation only), runs the
-  Auditor, strips everything but ``arrays`` and ``metrics``, then lets the inner strategy
-  aggregate. In FedSGD the aggregate is a gradient, so it returns W_t - lr * aggregate.
+  legitimately sees) and a GroundTruth (the client's ``audit`` record, simulation only), submits
+  them to the Auditor (whose workers run the attacks), strips everything but ``arrays`` and
+  ``metrics``, then lets the inner strategy aggregate. In FedSGD the aggregate is a gradient, so
+  it returns W_t - lr * aggregate. With ``audit.schedule = "blocking"`` it first waits for the
+  round's audits; with "overlap" they go on while the next round trains, and
+  ``configure_train`` waits while more than ``audit.max_pending_rounds`` rounds are unaudited
+  (``schedule``, an ``AuditSchedule``).
 * Secure aggregation (``federation.secure_aggregation_group = K > 1``): replies are first
   replaced by one per group of K consecutive partition ids, holding only the group's
   example-weighted mean update, exactly what SecAgg+ reveals. The auditor and the inner
@@ -27,6 +31,7 @@ Hooks, in the order Flower calls them each round:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from functools import partial
 
 import torch
@@ -37,6 +42,7 @@ from flwr.serverapp.strategy import Strategy
 from fedaudit import federation
 from fedaudit.audit.auditor import Auditor
 from fedaudit.audit.records import AttackRecord, ClientError, Record, RejectedUpdate, RoundSkipped
+from fedaudit.audit.schedule import AuditSchedule
 from fedaudit.audit.truth import GroundTruth
 from fedaudit.config import Scenario
 from fedaudit.federation.validation import examples_problem, tensors_problem, weights_problem
@@ -70,6 +76,14 @@ def _client(msg: Message) -> str:
     info = msg.content.config_records.get("client-info")
     partition = info.get("partition-id") if info is not None else None
     return str(partition) if partition is not None else str(msg.metadata.src_node_id)
+
+
+def _arrival_order_free(msg: Message) -> tuple[int, int]:
+    """A reply's place in the aggregate: its partition id when it names one, else its node id."""
+    info = msg.content.config_records.get("client-info") if not msg.has_error() else None
+    partition = info.get("partition-id") if info is not None else None
+    ordinal = partition if isinstance(partition, int) and not isinstance(partition, bool) else -1
+    return ordinal, int(msg.metadata.src_node_id)
 
 
 def reply_problem(msg: Message, global_weights: dict[str, torch.Tensor], scenario: Scenario) -> str | None:
@@ -145,6 +159,7 @@ class AuditingStrategy(Strategy):
         self.scenario = scenario
         self.public_model = public_model
         self.sink = sink
+        self.schedule = AuditSchedule()
         self._global: dict[int, dict[str, torch.Tensor]] = {}
 
     # -- training -------------------------------------------------------------------------
@@ -157,6 +172,7 @@ class AuditingStrategy(Strategy):
             The training messages ``inner`` builds for the round.
         """
         server_round += self.offset
+        self.schedule.wait(at_most=self.scenario.audit.max_pending_rounds)  # back-pressure (blocking: 0 left)
         self._global = {server_round: arrays.to_torch_state_dict()}
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self.progress.round_started(server_round, len(messages))
@@ -177,7 +193,9 @@ class AuditingStrategy(Strategy):
             ``inner``'s aggregate (FedSGD: turned from a mean gradient into the new weights
             W_t - lr * g) and its aggregated metrics.
         """
-        replies = list(replies)
+        # In partition order: a float sum depends on its order, which should not be the order
+        # the clients happened to answer in (runs would differ in the last bits).
+        replies = sorted(replies, key=_arrival_order_free)
         accepted = self.screen(server_round, replies)
         server_round += self.offset
         global_weights = self._global[server_round]
@@ -188,9 +206,11 @@ class AuditingStrategy(Strategy):
             accepted = self.secure_aggregate(accepted)
         self.progress.audits_queued(len(accepted) * len(self.auditor.attacks))
         for msg in accepted:
-            self.audit_reply(server_round, msg, global_weights)
+            self.schedule.add(server_round, self.audit_reply(server_round, msg, global_weights))
             for key in [k for k in msg.content.keys() if k not in AGGREGATED_KEYS]:
                 del msg.content[key]
+        if self.scenario.audit.schedule == "blocking":
+            self.schedule.wait(at_most=0)
         _common_metrics(accepted)
         arrays, metrics = self.inner.aggregate_train(server_round, accepted)
         if arrays is None:
@@ -261,9 +281,9 @@ class AuditingStrategy(Strategy):
 
     def audit_reply(
         self, server_round: int, msg: Message, global_weights: dict[str, torch.Tensor]
-    ) -> list[AttackRecord]:
+    ) -> list[Future[AttackRecord]]:
         """The server's Observation of one reply (and its GroundTruth, when the client sent one),
-        through every attack; returns the records (the auditor has already sunk them)."""
+        submitted to every attack; returns the future records (the auditor sinks each as made)."""
         content = msg.content
         info = content.config_records.get("client-info")
         client = str(info["partition-id"]) if info is not None else str(msg.metadata.src_node_id)
@@ -282,7 +302,7 @@ class AuditingStrategy(Strategy):
             privacy=privacy,
         )
         truth = _truth(msg) if "audit" in content.array_records else None
-        return self.auditor.audit(observation, truth, on_start=partial(self.progress.attack_started, client))
+        return self.auditor.submit(observation, truth, on_start=partial(self.progress.attack_started, client))
 
     def skip(self, flower_round: int, reason: str) -> None:
         """Record Flower's round ``flower_round`` as skipped (the global model stays as it was)."""

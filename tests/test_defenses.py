@@ -137,11 +137,12 @@ def test_secure_aggregation_shows_the_auditor_only_group_sums(cola_path, flower_
     truths = [r.content["audit"].to_torch_state_dict() for r in replies]
 
     seen, given_truths = [], []
-    audit = strategy.auditor.audit
-    strategy.auditor.audit = lambda obs, truth, **hooks: (
-        seen.append(obs) or given_truths.append(truth) or audit(obs, truth, **hooks)
+    submit = strategy.auditor.submit
+    strategy.auditor.submit = lambda obs, truth, **hooks: (
+        seen.append(obs) or given_truths.append(truth) or submit(obs, truth, **hooks)
     )
     arrays, _ = strategy.aggregate_train(1, list(reversed(replies)))
+    strategy.schedule.wait()  # the round's audits run on while the next round would train
 
     assert [obs.client for obs in seen] == ["0+1", "2+3"]
     for obs, (a, b) in zip(seen, [(0, 1), (2, 3)]):

@@ -77,6 +77,7 @@ def test_fedsgd_client_sends_the_gradient_and_server_applies_the_step(cola_path)
         expected.append(reference)
 
     arrays, metrics = strategy.aggregate_train(1, replies)
+    strategy.schedule.wait()  # the round's audits, recorded
     new = arrays.to_torch_state_dict()
     for name, w in weights.items():
         mean_grad = (expected[0][name] + expected[1][name]) / 2
@@ -114,8 +115,8 @@ def test_fedavg_client_sends_weights_and_observation_is_their_float64_difference
         torch.testing.assert_close(sent[name], w - 0.1 * g1[name], rtol=1e-9, atol=1e-12)
 
     seen = []
-    strategy.auditor.attacks[0].run = lambda obs, budget, _orig=strategy.auditor.attacks[0].run: (
-        seen.append(obs) or _orig(obs, budget)
+    strategy.auditor.submit = lambda obs, truth, _orig=strategy.auditor.submit, **hooks: (
+        seen.append(obs) or _orig(obs, truth, **hooks)
     )
     strategy.audit_reply(1, reply, weights)
     (obs,) = seen

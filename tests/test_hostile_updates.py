@@ -81,6 +81,7 @@ def _round(honest, corrupt: dict[int, dict], sc=None):
         given.update(corrupt.get(p, {}))
         replies.append(_reply(weights, p, **given))
     arrays, _ = strategy.aggregate_train(1, replies)
+    strategy.schedule.wait()  # the round's audits, recorded
     return (None if arrays is None else arrays.to_torch_state_dict()), records
 
 

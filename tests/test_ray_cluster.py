@@ -77,3 +77,47 @@ def test_a_killed_ray_head_left_behind_does_not_hang_a_run(tmp_path: Path) -> No
             if any(ray_tmpdir in part for part in proc.info["cmdline"] or []):
                 proc.kill()
         shutil.rmtree(ray_tmpdir, ignore_errors=True)
+
+
+def _ray_nodes(address: str, env: dict[str, str]) -> dict[str, dict]:
+    """Node id -> resources of every alive node of the cluster at ``address``."""
+    script = (
+        f"import json, ray; ray.init(address={address!r}, logging_level='ERROR');"
+        "print(json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_audits_run_on_the_ray_node_that_offers_the_audit_resource(tmp_path: Path) -> None:
+    ray_tmpdir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmpdir}
+    ray = str(Path(sys.executable).parent / "ray")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    common = ["--include-dashboard=false", "--disable-usage-stats"]
+    try:
+        head = [ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2"]
+        subprocess.run([*head, *common], env=env, capture_output=True, timeout=180, check=True)
+        worker = [ray, "start", "--address", address, "--num-cpus", "1", "--resources", '{"audit": 1}']
+        subprocess.run([*worker, "--disable-usage-stats"], env=env, capture_output=True, timeout=180, check=True)
+        nodes = _ray_nodes(address, env)
+        (audit_node,) = [node for node, resources in nodes.items() if resources.get("audit")]
+        assert len(nodes) == 2
+
+        scenario = ["--set", "federation.clients=4", "--set", "federation.rounds=2", "--set", "audit.backend='ray'"]
+        attacks = ["--set", "audit.attacks=['embedding-rows', 'labels']", "--set", f"output.dir={tmp_path}"]
+        proc = run_cli("run", "--ray-address", address, *scenario, *attacks, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        (run_dir,) = tmp_path.iterdir()
+        records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
+        audits = [r for r in records if r["type"] == "attack"]
+        assert len(audits) == 4 * 2 * 2
+        assert {r["diagnostics"]["worker_node"] for r in audits} == {audit_node}
+        assert {r["status"] for r in audits if r["attack"] == "embedding-rows"} == {"exact"}
+    finally:
+        for proc in psutil.process_iter(["cmdline"]):  # both nodes, by pid
+            if any(ray_tmpdir in part for part in proc.info["cmdline"] or []):
+                proc.kill()
+        shutil.rmtree(ray_tmpdir, ignore_errors=True)

@@ -1,7 +1,10 @@
-"""The Auditor: run each attack on an Observation within its budget, score it, record it.
+"""The Auditor: hand each attack and Observation to a worker, score what comes back, record it.
 
-An attack that raises, overruns its budget or returns something malformed becomes a record
-(status ``error`` or ``timeout``); it never breaks the round.
+Attacks run in worker processes or Ray actors (``fedaudit.audit.pool``); ground truth and
+scoring stay here. An attack that raises, overruns its budget (its worker is then ended) or
+returns something malformed becomes a record (status ``error`` or ``timeout``); it never breaks
+the round. ``submit`` returns at once with one future per attack (``audit.workers`` audits run
+at a time); each record is handed to ``sink`` as it is made.
 """
 
 from __future__ import annotations
@@ -9,80 +12,32 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-import time
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import psutil
-import torch
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from fedaudit.attacks import REGISTRY
-from fedaudit.attacks.base import Attack, Budget, BudgetExceeded, Observation, Reconstruction
+from fedaudit.attacks.base import Attack, Observation, Reconstruction
 from fedaudit.audit.comparison import compare
 from fedaudit.audit.plan import attack_options
+from fedaudit.audit.pool import AuditPool, ProcessPool
 from fedaudit.audit.records import AttackRecord
 from fedaudit.audit.scoring import preview, score
 from fedaudit.audit.truth import GroundTruth
 from fedaudit.config import AuditConfig
+from fedaudit.config.audit import AttackResources
 
-#: Extra wall time an attack gets past its budget to notice it (``Budget.check``) before the
-#: auditor stops waiting for it.
-GRACE_SECONDS = 5.0
-
-
-class PeakMemory:
-    """Peak memory above the starting point while a block runs: CUDA allocator peak when CUDA is
-    in use, else the process's resident set sampled every 5 ms (whole process, so concurrent work
-    counts too)."""
-
-    def __init__(self) -> None:
-        self.peak_mb = 0.0
-        self._stop = threading.Event()
-
-    def __enter__(self) -> PeakMemory:
-        self._cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-        if self._cuda:
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-        else:
-            self._proc = psutil.Process()
-            self._base = self._peak = self._proc.memory_info().rss
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self._peak = max(self._peak, self._proc.memory_info().rss)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._cuda:
-            peak = torch.cuda.max_memory_allocated()
-        else:
-            self._stop.set()
-            self._thread.join()
-            peak = max(self._peak, self._proc.memory_info().rss)
-        self.peak_mb = max(0.0, (peak - self._base) / 2**20)
+_DEFAULT_POOL: list[AuditPool] = []
+#: The server's own tensor work (scoring here, evaluating the global model) runs one piece at a
+#: time: torch splits a reduction by the threads it gets, so float results would otherwise
+#: depend on what else runs (overlap and blocking would record different losses).
+SERVER_WORK = threading.Lock()
 
 
-def _run_with_deadline(attack: Attack, observation: Observation, budget: Budget) -> tuple[str, Any]:
-    """Run in a worker thread; ('ok', result) | ('error', exc) | ('timeout', None)."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["ok"] = attack.run(observation, budget)
-        except BaseException as err:  # noqa: BLE001 - everything an attack raises is recorded
-            outcome["error"] = err
-
-    worker = threading.Thread(target=target, name=f"attack-{attack.name}", daemon=True)
-    worker.start()
-    worker.join(budget.seconds + GRACE_SECONDS)
-    if worker.is_alive():
-        return "timeout", None
-    if "error" in outcome:
-        return "error", outcome["error"]
-    return "ok", outcome["ok"]
+def default_pool() -> AuditPool:
+    """One worker process shared by the Auditors built without a pool (tests, ``fedaudit attack``)."""
+    if not _DEFAULT_POOL:
+        _DEFAULT_POOL.append(AuditPool(ProcessPool(1)))
+    return _DEFAULT_POOL[0]
 
 
 class Auditor:
@@ -98,20 +53,45 @@ class Auditor:
         budget_seconds: float,
         sink: Callable[[AttackRecord], None] | None = None,
         max_examples: int = 64,
+        pool: AuditPool | None = None,
+        workers: int = 1,
+        resources: Callable[[str], AttackResources] | None = None,
     ) -> None:
         self.attacks = list(attacks)
         self.budget_seconds = budget_seconds
         self.sink = sink
         self.max_examples = max_examples
         """Examples a record keeps (recovered and compared): ``audit.max_examples_per_record``."""
+        self.pool = pool or default_pool()
+        self.resources = resources or (lambda name: AttackResources())
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedaudit-audit")
+        self._sinking = threading.Lock()
+        self.server_work = SERVER_WORK
 
     @classmethod
     def for_scenario(
-        cls, audit: AuditConfig, sink: Callable[[AttackRecord], None] | None = None, names: Sequence[str] | None = None
+        cls,
+        audit: AuditConfig,
+        sink: Callable[[AttackRecord], None] | None = None,
+        names: Sequence[str] | None = None,
+        pool: AuditPool | None = None,
     ) -> Auditor:
-        """The attacks ``audit.attacks`` (or ``names``) names, with their ``[audit.<name>]`` options."""
+        """The attacks ``audit.attacks`` (or ``names``) names, with their ``[audit.<name>]`` options,
+        on ``pool`` (default: one shared worker process) with ``audit.workers`` audits at a time."""
         attacks = [REGISTRY.make(name, audit.device, attack_options(audit, name)) for name in (names or audit.attacks)]
-        return cls(attacks, audit.budget_seconds, sink, audit.max_examples_per_record)
+        return cls(
+            attacks, audit.budget_seconds, sink, audit.max_examples_per_record, pool, audit.workers, audit.resources_for
+        )
+
+    def submit(
+        self,
+        observation: Observation,
+        truth: GroundTruth | None = None,
+        on_start: Callable[[str, float], None] | None = None,
+    ) -> list[Future[AttackRecord]]:
+        """One future record per attack, each handed to ``sink`` when made; ``on_start(attack
+        name, budget seconds)`` is called as each attack starts (live progress)."""
+        return [self._executor.submit(self._audit_one, a, observation, truth, on_start) for a in self.attacks]
 
     def audit(
         self,
@@ -119,19 +99,22 @@ class Auditor:
         truth: GroundTruth | None = None,
         on_start: Callable[[str, float], None] | None = None,
     ) -> list[AttackRecord]:
-        """One record per attack, each handed to ``sink``; ``on_start(attack name, budget seconds)``
-        is called as each attack starts (live progress)."""
-        records = []
-        for attack in self.attacks:
-            if on_start is not None:
-                on_start(attack.name, self.budget_seconds)
-            record = self._audit_one(attack, observation, truth)
-            if self.sink is not None:
-                self.sink(record)
-            records.append(record)
-        return records
+        """``submit``, waiting for the records."""
+        return [future.result() for future in self.submit(observation, truth, on_start)]
 
-    def _audit_one(self, attack: Attack, observation: Observation, truth: GroundTruth | None) -> AttackRecord:
+    def close(self) -> None:
+        """Wait for the audits submitted, then end this auditor's workers (unless shared)."""
+        self._executor.shutdown(wait=True)
+        if self.pool not in _DEFAULT_POOL:
+            self.pool.close()
+
+    def _audit_one(
+        self,
+        attack: Attack,
+        observation: Observation,
+        truth: GroundTruth | None,
+        on_start: Callable[[str, float], None] | None,
+    ) -> AttackRecord:
         # The client's reported budget (epsilon, delta) goes with every audit of its update.
         record = AttackRecord(
             round=observation.round,
@@ -140,23 +123,20 @@ class Auditor:
             status="",
             diagnostics=dict(observation.privacy),
         )
-        ok, why = attack.applicable(observation)
-        if not ok:
-            record.status, record.reason = "not_applicable", why
-            return record
-        budget = Budget(self.budget_seconds)
-        start = time.perf_counter()
-        with PeakMemory() as memory:
-            outcome, value = _run_with_deadline(attack, observation, budget)
-        record.seconds, record.peak_mem_mb = round(time.perf_counter() - start, 4), round(memory.peak_mb, 2)
-        if outcome == "timeout" or isinstance(value, BudgetExceeded):
-            record.status, record.reason = "timeout", f"exceeded its budget of {self.budget_seconds:g} s"
-        elif outcome == "error":
-            record.status, record.reason = "error", f"{type(value).__name__}: {value}"
-        elif not isinstance(value, Reconstruction):
-            record.status, record.reason = "error", f"returned {type(value).__name__}, not a Reconstruction"
+        if on_start is not None:
+            on_start(attack.name, self.budget_seconds)
+        outcome = self.pool.run(attack, observation, self.budget_seconds, self.resources(attack.name))
+        record.diagnostics.update(outcome.worker)
+        if outcome.reconstruction is None:
+            record.status, record.reason = outcome.kind, outcome.reason
         else:
-            self._verdict(record, value, observation, truth)
+            with self.server_work:
+                self._verdict(record, outcome.reconstruction, observation, truth)
+        if outcome.kind != "not_applicable":
+            record.seconds, record.peak_mem_mb = round(outcome.seconds, 4), round(outcome.peak_mem_mb, 2)
+        if self.sink is not None:
+            with self._sinking:
+                self.sink(record)
         return record
 
     def _verdict(
