@@ -42,6 +42,7 @@ from flwr.serverapp.strategy import Strategy
 from fedaudit import federation
 from fedaudit.audit.auditor import Auditor
 from fedaudit.audit.records import AttackRecord, ClientError, Record, RejectedUpdate, RoundSkipped
+from fedaudit.audit.sampling import AuditSample
 from fedaudit.audit.schedule import AuditSchedule
 from fedaudit.audit.truth import GroundTruth
 from fedaudit.config import Scenario
@@ -70,6 +71,15 @@ def _num_examples(msg: Message) -> int:
 def _partition_id(msg: Message) -> int:
     info = msg.content.config_records.get("client-info")
     return int(info["partition-id"]) if info is not None else int(msg.metadata.src_node_id)
+
+
+def _first_member(msg: Message) -> int:
+    """The partition id of a reply, or of the first member of a secure-aggregation group ("0+1")."""
+    info = msg.content.config_records.get("client-info")
+    partition = info.get("partition-id") if info is not None else None
+    if isinstance(partition, str):
+        return int(partition.split("+")[0])
+    return _partition_id(msg)
 
 
 def _client(msg: Message) -> str:
@@ -160,6 +170,7 @@ class AuditingStrategy(Strategy):
         self.public_model = public_model
         self.sink = sink
         self.schedule = AuditSchedule()
+        self.sample = AuditSample(scenario.audit, scenario.federation.clients)
         self._global: dict[int, dict[str, torch.Tensor]] = {}
 
     # -- training -------------------------------------------------------------------------
@@ -204,9 +215,11 @@ class AuditingStrategy(Strategy):
             return None, None
         if self.scenario.federation.secure_aggregation_group > 1:
             accepted = self.secure_aggregate(accepted)
-        self.progress.audits_queued(len(accepted) * len(self.auditor.attacks))
-        for msg in accepted:
-            self.schedule.add(server_round, self.audit_reply(server_round, msg, global_weights))
+        audited = [self.sample.selects(server_round, _first_member(msg)) for msg in accepted]
+        self.progress.audits_queued(sum(audited) * len(self.auditor.attacks))
+        for msg, audit in zip(accepted, audited):
+            if audit:
+                self.schedule.add(server_round, self.audit_reply(server_round, msg, global_weights))
             for key in [k for k in msg.content.keys() if k not in AGGREGATED_KEYS]:
                 del msg.content[key]
         if self.scenario.audit.schedule == "blocking":

@@ -236,7 +236,7 @@ def test_central_dp_server_side_auditor_sees_clipped_update_aggregate_is_noised(
     assert all(_norm(d) > clip for d in raw)
 
     aggregate, _ = strategy.aggregate_train(1, replies)
-    strategy.strategy.schedule.wait()  # the round's audits, recorded
+    strategy.inner.schedule.wait()  # the round's audits, recorded
     assert [obs.client for obs, _ in seen] == ["0", "1"]
     assert all(truth is not None and truth.labels.numel() == 8 for _, truth in seen)  # ground truth got through
     for (obs, _), delta in zip(seen, raw):

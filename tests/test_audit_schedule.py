@@ -1,0 +1,92 @@
+"""Overlap: round t + 1 trains while round t is audited, with back-pressure and rounds finished
+in order; and a run records the same, whatever the schedule and wherever the attacks run."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+
+from fedaudit.audit.schedule import AuditSchedule
+from tests.conftest import REPO_ROOT, run_cli
+
+
+def test_rounds_finish_in_order_and_training_waits_for_the_oldest() -> None:
+    schedule = AuditSchedule()
+    first, second = [Future() for _ in range(2)], [Future()]
+    schedule.add(1, first)
+    schedule.add(2, second)
+    finished: list[int] = []
+    schedule.after(2, lambda: finished.append(2))
+    schedule.after(1, lambda: finished.append(1))
+    second[0].set_result(None)  # round 2 is audited first, but round 1 is not yet
+    assert finished == [] and schedule.pending_rounds() == 1
+
+    released = threading.Event()
+    schedule.add(3, [Future()])  # two rounds pending: the next round may not train
+    waiter = threading.Thread(target=lambda: (schedule.wait(at_most=1), released.set()))
+    waiter.start()
+    time.sleep(0.2)
+    assert not released.is_set()
+    first[0].set_result(None)
+    first[1].set_result(None)
+    waiter.join(5)
+    assert released.is_set() and finished == [1, 2]
+
+
+RUN = [
+    "simulations/gpt2_dager.toml",
+    "--set",
+    "model.config={n_layer=3, n_embd=128, n_head=2}",
+    "--set",
+    "federation.rounds=2",
+    "--set",
+    "training.batch_size=4",
+]
+WAYS = {
+    "blocking, one worker process": ["audit.schedule='blocking'"],
+    "overlap, two worker processes": ["audit.schedule='overlap'", "audit.workers=2"],
+    "overlap, Ray actors": ["audit.schedule='overlap'", "audit.backend='ray'"],
+}
+TIMES = {"seconds", "seconds_mean", "seconds_median", "seconds_max", "peak_mem_mb", "run_id"}
+
+
+def _timeless(value: object) -> object:
+    """``value`` without times, memory, the run id and where each audit ran."""
+    if isinstance(value, dict):
+        return {k: _timeless(v) for k, v in value.items() if k not in TIMES and not k.startswith("worker_")}
+    if isinstance(value, list):
+        return [_timeless(v) for v in value]
+    return value
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    out = {}
+    for way, sets in WAYS.items():
+        tmp = tmp_path_factory.mktemp("run")
+        extra = [part for item in sets for part in ("--set", item)]
+        proc = run_cli("run", *RUN, *extra, "--set", f"output.dir={tmp}", timeout=600, cwd=REPO_ROOT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        (out[way],) = tmp.iterdir()
+    return out
+
+
+def test_records_and_reports_are_the_same_whatever_the_schedule_and_backend(runs) -> None:
+    seen = {}
+    for way, run_dir in runs.items():
+        records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
+        key = lambda r: (r["round"], r["type"], r.get("client") or "", r.get("attack") or "")  # noqa: E731
+        summary = json.loads((run_dir / "summary.json").read_text())
+        seen[way] = (_timeless(sorted(records, key=key)), _timeless(summary))
+        audits = [r for r in records if r["type"] == "attack"]
+        assert len(audits) == 4 * 2 * 2
+        assert {r["status"] for r in audits if r["attack"] == "dager"} == {"exact"}, way
+    reference = seen.pop("blocking, one worker process")
+    for way, (records, summary) in seen.items():
+        assert records == reference[0], way
+        assert summary == reference[1], way
