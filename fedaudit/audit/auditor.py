@@ -23,6 +23,7 @@ from fedaudit.audit.pool import AuditPool, ProcessPool
 from fedaudit.audit.records import AttackRecord
 from fedaudit.audit.scoring import preview, score
 from fedaudit.audit.truth import GroundTruth
+from fedaudit.audit.worker import Outcome
 from fedaudit.config import AuditConfig
 from fedaudit.config.audit import AttackResources
 
@@ -125,7 +126,10 @@ class Auditor:
         )
         if on_start is not None:
             on_start(attack.name, self.budget_seconds)
-        outcome = self.pool.run(attack, observation, self.budget_seconds, self.resources(attack.name))
+        try:
+            outcome = self.pool.run(attack, observation, self.budget_seconds, self.resources(attack.name))
+        except Exception as err:  # noqa: BLE001 - a record is never lost, even to a fault of the pool
+            outcome = Outcome("error", reason=f"the audit pool failed: {type(err).__name__}: {err}")
         record.diagnostics.update(outcome.worker)
         if outcome.reconstruction is None:
             record.status, record.reason = outcome.kind, outcome.reason

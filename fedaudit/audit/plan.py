@@ -27,7 +27,7 @@ def check_audit(audit: AuditConfig) -> None:
     for key in audit.resources:
         if key != "default" and key not in audit.attacks:
             raise ConfigError(
-                f"audit.resources.{key}: not an attack of audit.attacks ({', '.join(audit.attacks)}) nor \"default\""
+                f'audit.resources.{key}: not an attack of audit.attacks ({", ".join(audit.attacks)}) nor "default"'
             )
     for key, table in audit.tables().items():
         if key not in REGISTRY:

@@ -177,10 +177,14 @@ class RayPool:
 
         from fedaudit.ray_cluster import ray_init_address
 
-        if not ray.is_initialized():
+        if ray.is_initialized():
+            return
+        try:
             target = ray_init_address(self.address)
             own = {"resources": {"audit": float(self.workers)}} if target == "local" else {}
             ray.init(target, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False, **own)
+        except Exception as err:  # noqa: BLE001 - every audit of the run then says why
+            raise WorkerLost(f"Ray could not be joined or started: {err}") from None
 
     def start_worker(self, resources: AttackResources) -> Worker:
         import ray
