@@ -91,7 +91,8 @@ def _ray_nodes(address: str, env: dict[str, str]) -> dict[str, dict]:
 
 def test_audits_run_on_the_ray_node_that_offers_the_audit_resource(tmp_path: Path) -> None:
     ray_tmpdir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    env = {**os.environ, "RAY_TMPDIR": ray_tmpdir}
+    # Ray's memory monitor kills workers when the whole machine is nearly full, whoever fills it.
+    env = {**os.environ, "RAY_TMPDIR": ray_tmpdir, "RAY_memory_monitor_refresh_ms": "0"}
     ray = str(Path(sys.executable).parent / "ray")
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
