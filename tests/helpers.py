@@ -46,3 +46,14 @@ def train_message(weights: dict[str, torch.Tensor], node: int, server_round: int
         {"arrays": ArrayRecord.from_torch_state_dict(weights), "config": ConfigRecord({"server-round": server_round})}
     )
     return Message(content=content, dst_node_id=node, message_type="train")
+
+
+def when_and_where_aside(value: object) -> object:
+    """A record (or summary) without what differs between equal runs: times (an attack's own
+    ``seconds_*`` too), memory, the run id and which worker ran each audit (``worker_*``)."""
+    if isinstance(value, dict):
+        drop = ("seconds", "worker_", "peak_mem_mb", "run_id")
+        return {k: when_and_where_aside(v) for k, v in value.items() if not k.startswith(drop)}
+    if isinstance(value, list):
+        return [when_and_where_aside(v) for v in value]
+    return value

@@ -13,6 +13,7 @@ import pytest
 
 from fedaudit.audit.schedule import AuditSchedule
 from tests.conftest import run_cli
+from tests.helpers import when_and_where_aside
 
 
 def test_rounds_finish_in_order_and_training_waits_for_the_oldest() -> None:
@@ -52,17 +53,6 @@ WAYS = {
     "overlap, one worker process": ["audit.schedule='overlap'"],
     "overlap, Ray actors": ["audit.schedule='overlap'", "audit.backend='ray'"],
 }
-TIMES = {"peak_mem_mb", "run_id"}
-
-
-def _timeless(value: object) -> object:
-    """``value`` without times (an attack's own too), memory, the run id and where each audit ran."""
-    if isinstance(value, dict):
-        kept = {k: v for k, v in value.items() if k not in TIMES and not k.startswith(("seconds", "worker_"))}
-        return {k: _timeless(v) for k, v in kept.items()}
-    if isinstance(value, list):
-        return [_timeless(v) for v in value]
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +73,7 @@ def test_records_and_reports_are_the_same_whatever_the_schedule_and_backend(runs
         records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
         key = lambda r: (r["round"], r["type"], r.get("client") or "", r.get("attack") or "")  # noqa: E731
         summary = json.loads((run_dir / "summary.json").read_text())
-        seen[way] = (_timeless(sorted(records, key=key)), _timeless(summary))
+        seen[way] = (when_and_where_aside(sorted(records, key=key)), when_and_where_aside(summary))
         audits = [r for r in records if r["type"] == "attack"]
         assert len(audits) == 4 * 2 * 2
         assert {r["status"] for r in audits if r["attack"] == "dager"} == {"exact"}, way

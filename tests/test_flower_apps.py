@@ -124,3 +124,11 @@ def test_fedavg_client_sends_weights_and_observation_is_their_float64_difference
     for name in weights:
         assert obs.update[name].dtype == torch.float64
         torch.testing.assert_close(obs.update[name], sent[name] - weights[name])
+
+
+def test_the_run_config_names_the_ray_cluster_the_audits_join() -> None:
+    from fedaudit.scenario import scenario_from_run_config
+
+    assert scenario_from_run_config({}).federation.ray_address is None
+    joined = scenario_from_run_config({"ray-address": " 10.0.0.5:6379 ", "overrides": "audit.backend='ray'"})
+    assert joined.federation.ray_address == "10.0.0.5:6379" and joined.audit.backend == "ray"

@@ -16,6 +16,7 @@ import pytest
 
 from fedaudit.audit.records import read_records
 from tests.conftest import REPO_ROOT, TINY_GPT2, run_cli
+from tests.helpers import when_and_where_aside
 
 FEDAUDIT = str(Path(sys.executable).parent / "fedaudit")
 
@@ -69,11 +70,11 @@ def _left_after(procs: list[psutil.Process], seconds: float) -> list[str]:
 
 
 def _comparable(records, rounds: set[int]) -> list[dict]:
-    """Records of ``rounds`` as dicts without times and memory, in a stable order."""
+    """Records of ``rounds`` as dicts without times, memory and workers, in a stable order."""
     out = []
     for r in records:
         if r.round in rounds:
-            d = {k: v for k, v in dataclasses.asdict(r).items() if k not in ("seconds", "peak_mem_mb")}
+            d = when_and_where_aside(dataclasses.asdict(r))
             out.append({"type": r.type, **d})
     return sorted(out, key=lambda d: (d["round"], d["type"], str(d.get("client")), str(d.get("attack"))))
 

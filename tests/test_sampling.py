@@ -177,3 +177,24 @@ def test_a_sampled_run_renders_where_torch_transformers_and_flower_are_missing(s
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert done.returncode == 0 and done.stdout.split() == ["3", "[]"], done.stderr[-2000:]
     assert "drawn afresh with seed 3" in (sampled_run / "report.md").read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------- a sampled run, end to end
+
+
+def test_a_sampled_run_audits_only_what_the_sample_selects(tmp_path: Path) -> None:
+    from fedaudit.scenario import scenario_from_run_config
+    from tests.conftest import run_cli
+
+    sets = ["federation.clients=4", "federation.rounds=2", "audit.clients=0.5", "audit.rounds=[2]"]
+    sets.append("audit.sample_seed=3")
+    proc = run_cli("run", *(p for s in sets for p in ("--set", s)), "--set", f"output.dir={tmp_path}", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run_dir,) = tmp_path.iterdir()
+    records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
+    audited = {(r["round"], int(r["client"])) for r in records if r["type"] == "attack"}
+    chosen = AuditSample(scenario_from_run_config({"overrides": ";".join(sets)}).audit, 4).clients_of(2)
+    assert audited == {(2, c) for c in chosen} and len(chosen) == 2
+    assert [r["round"] for r in records if r["type"] == "utility"] == [0, 1, 2]  # every round trained
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["sample"]["audits"], summary["sample"]["client_rounds"]) == (2, 8)

@@ -303,7 +303,7 @@ class AuditPool:
         for key, value in needed:
             if key not in worker.held:
                 attacks = [k for k in worker.held if k.startswith("attack")]
-                keep = list(dict.fromkeys([*attacks, *worker.held[-2 * HELD :], *(k for k, _ in needed)]))
+                keep = list(dict.fromkeys([*attacks, *worker.held[-HELD:], *(k for k, _ in needed)]))
                 worker.put(key, value, keep)
                 worker.held = [k for k in keep if k in worker.held or k == key]
         return Job(
@@ -332,7 +332,7 @@ class AuditPool:
                 name = f"{identity[0]}-{next(self._serial)}"
                 found = (name, sources, self.backend.share(make()))
                 self._shared[identity] = found
-                while sum(1 for i in self._shared if i[0] != "attack") > 2 * HELD:
+                while sum(1 for i in self._shared if i[0] != "attack") > HELD:
                     oldest = next(i for i in self._shared if i[0] != "attack")
                     del self._shared[oldest]
             self._shared.move_to_end(identity)
