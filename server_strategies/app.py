@@ -23,10 +23,10 @@ from fedaudit.audit.pool import AuditPool
 from fedaudit.audit.records import Record, UtilityRecord
 from fedaudit.audit.store import RunStore
 from fedaudit.config import Scenario
+from fedaudit.report.background import BackgroundReport, say_why_not
 from fedaudit.report.console import RoundConsole
 from fedaudit.report.markdown import write_report
 from fedaudit.report.progress import RunProgress
-from fedaudit.safety import clean_text
 from fedaudit.scenario import scenario_from_run_config
 from fedaudit.training import evaluate
 from server_strategies.central_dp import with_central_dp
@@ -75,7 +75,8 @@ def run_audited_federation(
         def finished() -> None:  # the utility record marks the round done: after its audits
             sink(UtilityRecord(round=server_round, metrics=metrics, examples=len(holdout)))
             console.round_done(server_round)
-            _round_report(store, server_round, scenario.federation.rounds)
+            if not store.closed and 0 < server_round < scenario.federation.rounds:  # the last: at the end
+                reporter.request()
 
         auditing.schedule.after(server_round, finished)
         return MetricRecord({k: v for k, v in metrics.items() if math.isfinite(v)})
@@ -85,11 +86,13 @@ def run_audited_federation(
     pool = AuditPool.for_audit(scenario.audit, scenario.federation.ray_address)
     auditor = Auditor.for_scenario(scenario.audit, sink=sink, pool=pool)
     auditing = AuditingStrategy(inner, auditor, scenario, public_model, sink, done + 1, console.progress)
+    reporter = BackgroundReport(store.path)  # the report of the rounds so far, off the critical path
     try:
         _train(grid, with_central_dp(auditing, scenario), scenario, initial, done, evaluate_global)
         auditing.schedule.wait(at_most=0)  # every audit recorded before the last report
     finally:
         auditor.close()
+        reporter.close()
     if not store.closed:
         store.keep_last_checkpoint()
         _report_or_say_why(store, "the report")
@@ -115,21 +118,11 @@ def _train(grid: Grid, strategy: Strategy, scenario: Scenario, initial: dict, do
     )
 
 
-def _round_report(store: RunStore, server_round: int, rounds: int) -> None:
-    """The report of the rounds so far, rewritten after each round but the last (whose report
-    is written when the run ends); a report that cannot be rendered is said in one line and
-    never stops the federation."""
-    if store.closed or not 0 < server_round < rounds:
-        return
-    _report_or_say_why(store, "the report after this round")
-
-
 def _report_or_say_why(store: RunStore, what: str) -> None:
     try:
         write_report(store.path)
     except Exception as err:  # noqa: BLE001 - records are what matter; `fedaudit report` renders them later
-        why = clean_text(f"{type(err).__name__}: {err}")[:200]
-        print(f"fedaudit: warning: {what} was not written ({why}); fedaudit report RUN_DIR writes it", flush=True)
+        say_why_not(what, err)
 
 
 def build_server_app(

@@ -34,6 +34,7 @@ def wait_for_nodes(grid: Grid, needed: int, timeout: float | None = None) -> Non
     ``timeout`` seconds (default ``NODE_WAIT_SECONDS``)."""
     timeout = NODE_WAIT_SECONDS if timeout is None else timeout
     deadline = time.monotonic() + timeout
+    pause = 0.02  # nodes usually register within a fraction of a second: poll fast, then back off
     while (connected := len(list(grid.get_node_ids()))) < needed:
         if time.monotonic() >= deadline:
             raise NotEnoughNodes(
@@ -41,7 +42,8 @@ def wait_for_nodes(grid: Grid, needed: int, timeout: float | None = None) -> Non
                 f"connected in {timeout:g} s: simulate with flwr run . --federation-config "
                 f'"num-supernodes={needed}", or start {needed} SuperNodes'
             )
-        time.sleep(POLL_SECONDS)
+        time.sleep(pause)
+        pause = min(POLL_SECONDS, pause * 2)
 
 
 class CountingGrid:

@@ -37,6 +37,9 @@ def test_rounds_finish_in_order_and_training_waits_for_the_oldest() -> None:
     first[1].set_result(None)
     waiter.join(5)
     assert released.is_set() and finished == [1, 2]
+    schedule.add(4, [])  # a round with nothing to audit (audit.attacks = []) is never pending
+    schedule.after(4, lambda: finished.append(4))
+    assert schedule.pending_rounds() == 1 and finished == [1, 2]  # round 3 still runs
 
 
 RUN = [
@@ -81,3 +84,13 @@ def test_records_and_reports_are_the_same_whatever_the_schedule_and_backend(runs
     for way, (records, summary) in seen.items():
         assert records == reference[0], way
         assert summary == reference[1], way
+
+
+def test_a_run_with_no_attacks_trains_every_round(tmp_path: Path) -> None:
+    sets = ["audit.attacks=[]", "federation.clients=2", "federation.rounds=3", "audit.max_pending_rounds=1"]
+    proc = run_cli("run", *(p for s in sets for p in ("--set", s)), "--set", f"output.dir={tmp_path}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run_dir,) = tmp_path.iterdir()
+    records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records if r["type"] == "utility"] == [0, 1, 2, 3]
+    assert not [r for r in records if r["type"] == "attack"]

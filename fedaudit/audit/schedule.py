@@ -29,6 +29,8 @@ class AuditSchedule:
         self._waiting: dict[int, list[Callable[[], None]]] = {}
 
     def add(self, server_round: int, futures: Sequence[Future]) -> None:
+        if not futures:  # nothing to wait for (no attacks): the round must not look pending
+            return
         with self._changed:
             self._running[server_round] = self._running.get(server_round, 0) + len(futures)
         for future in futures:  # a future already done calls back at once
