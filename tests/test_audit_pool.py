@@ -122,3 +122,18 @@ def test_what_audits_share_crosses_to_a_worker_once(updates, pool, monkeypatch) 
     assert sorted(k.split("-")[0] for k in handed) == ["attack", "attack", "model", "weights"]
     assert len(set(handed)) == len(handed)
     assert all(w is updates[0][0].global_weights[k] for k, w in updates[1][0].global_weights.items())
+
+
+def test_a_ray_declaration_no_node_can_meet_is_named_at_once() -> None:
+    from fedaudit.audit.pool import missing_resources
+    from fedaudit.config.audit import AttackResources
+
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 8.0}},
+        {"Alive": True, "Resources": {"CPU": 1.0, "audit": 2.0}},
+        {"Alive": False, "Resources": {"CPU": 4.0, "GPU": 1.0, "audit": 1.0}},
+    ]
+    assert missing_resources(AttackResources(), nodes) == ""
+    assert missing_resources(AttackResources(num_cpus=1), nodes) == ""
+    assert missing_resources(AttackResources(num_cpus=2), nodes) == "CPU = 2, audit = 1"  # not on one node
+    assert missing_resources(AttackResources(num_gpus=1), nodes) == "GPU = 1, audit = 1"  # the GPU node is dead

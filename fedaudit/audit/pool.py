@@ -190,7 +190,7 @@ class RayPool:
         import ray
 
         self._connect()
-        missing = _missing(resources, ray.nodes())
+        missing = missing_resources(resources, ray.nodes())
         if missing:
             raise WorkerLost(f"no node of the Ray cluster has {missing} (audit.resources)")
         threads = max(1, int(resources.num_cpus) or (os.cpu_count() or 1) // self.workers)
@@ -206,7 +206,7 @@ class RayPool:
         pass
 
 
-def _missing(resources: AttackResources, nodes: list[dict]) -> str:
+def missing_resources(resources: AttackResources, nodes: list[dict]) -> str:
     """What no single alive node of the cluster offers, or "" when one does (Ray would queue the
     actor forever: a named shortage now beats a hang)."""
     wanted = {"CPU": resources.num_cpus, "GPU": resources.num_gpus, **resources.custom}
