@@ -117,10 +117,11 @@ def run(
     if resume is not None and not (resume / SCENARIO).is_file():
         fail(f"--resume {resume}: not a run directory (no {SCENARIO})")
     sc = _load(resume / SCENARIO if resume is not None else scenario, set_)
+    source = "--ray-address" if ray_address is not None else "federation.ray_address ="
     if ray_address is not None:  # the simulation's clients and the audit tasks join it alike
         sc.federation.ray_address = ray_address
     try:
-        ray_init = ray_init_address(sc.federation.ray_address)
+        ray_init = ray_init_address(sc.federation.ray_address, source=source)
     except RayAddressError as err:
         fail(str(err))
     try:

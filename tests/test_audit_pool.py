@@ -95,6 +95,7 @@ def test_an_attack_that_ignores_its_budget_loses_its_worker(updates, pool) -> No
     (record,) = auditor.audit(*updates[0])
     assert record.status == "timeout" and "its worker was stopped" in record.reason
     assert 0.5 <= record.seconds <= 0.5 + GRACE_SECONDS + 1.0
+    assert record.peak_mem_mb > 100  # what the worker held when it was stopped: torch and the model at least
     spun = record.diagnostics["worker_pid"]
     assert not psutil.pid_exists(spun) or psutil.Process(spun).status() == psutil.STATUS_ZOMBIE
     (after,) = Auditor([REGISTRY.make("embedding-rows")], budget_seconds=60, pool=pool).audit(*updates[1])

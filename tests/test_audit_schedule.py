@@ -94,3 +94,11 @@ def test_a_run_with_no_attacks_trains_every_round(tmp_path: Path) -> None:
     records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records if r["type"] == "utility"] == [0, 1, 2, 3]
     assert not [r for r in records if r["type"] == "attack"]
+
+
+def test_reports_list_attacks_in_the_scenario_order_not_as_audits_finished() -> None:
+    from fedaudit.audit.records import AttackRecord, attack_order
+
+    finished = [AttackRecord(1, "0", name, "exact") for name in ("embedding-rows", "probe", "dager")]
+    assert attack_order(finished, ["dager", "embedding-rows"]) == ["dager", "embedding-rows", "probe"]
+    assert attack_order(finished) == ["embedding-rows", "probe", "dager"]

@@ -66,6 +66,13 @@ def test_a_file_states_only_what_differs(tmp_path: Path) -> None:
         ),
         (["nonsense"], "--set 'nonsense': expected KEY=VALUE"),
         (["training.mode=fedavg", "training.mini_batch_size=16"], "training.mini_batch_size = 16: must be <="),
+        (["audit.backend=threads"], "audit.backend = 'threads': Input should be 'process' or 'ray'"),
+        (["audit.workers=0"], "audit.workers = 0: Input should be greater than or equal to 1"),
+        (["audit.clients=1.5"], 'audit.clients = 1.5: must be "all", a fraction in (0, 1] or a list'),
+        (["audit.clients=[9]"], "audit.clients = [9]: partition ids are 0..3"),
+        (["audit.rounds='each 2'"], 'audit.rounds = \'each 2\': must be "all", "every N"'),
+        (["audit.resources.dager={num_gpus=1}"], "audit.resources: Ray resources apply only with audit.backend"),
+        (["audit.backend='ray'", "audit.resources.dagr={}"], "audit.resources.dagr: not an attack of audit.attacks"),
     ],
 )
 def test_bad_values_give_one_precise_line(overrides: list[str], expected: str) -> None:

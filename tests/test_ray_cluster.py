@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -22,15 +23,46 @@ from tests.conftest import run_cli
 QUICK = ["--set", "federation.rounds=1", "--set", "federation.clients=2", "--set", "audit.attacks=['embedding-rows']"]
 
 
+def _answering(reply: bytes | None) -> tuple[socket.socket, threading.Thread]:
+    """A loopback server that answers each connection's first bytes with ``reply`` (None: silence)."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(64)
+            if reply is not None:
+                conn.sendall(reply)
+            time.sleep(0.2 if reply is not None else 3.0)
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
 def test_the_address_ray_init_gets() -> None:
     assert ray_init_address(None) == "local"
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        port = server.getsockname()[1]
-        assert ray_init_address(f"127.0.0.1:{port}") == f"127.0.0.1:{port}"
+    grpc, _ = _answering(bytes([0, 0, 0x18, 4, 0, 0, 0, 0, 0]))  # a gRPC server's first SETTINGS frame
+    port = grpc.getsockname()[1]
+    assert ray_init_address(f"127.0.0.1:{port}") == f"127.0.0.1:{port}"
+    grpc.close()
     start = time.monotonic()
     with pytest.raises(RayAddressError, match=f"--ray-address 127.0.0.1:{port}: nothing listens there"):
-        ray_init_address(f"127.0.0.1:{port}")  # closed again: refused at once
+        ray_init_address(f"127.0.0.1:{port}")  # closed: refused at once
+    web, _ = _answering(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+    with pytest.raises(RayAddressError, match="something listens there, but not a Ray head"):
+        ray_init_address(f"127.0.0.1:{web.getsockname()[1]}")
+    with pytest.raises(RayAddressError, match="the host name does not resolve"):
+        ray_init_address("nohost.invalid:6379", source="federation.ray_address =")
     assert time.monotonic() - start < 5
+    silent, _ = _answering(None)
+    with pytest.raises(RayAddressError, match="no Ray cluster answered in 1 s"):
+        ray_init_address(f"127.0.0.1:{silent.getsockname()[1]}", wait=1.0)
+    assert time.monotonic() - start < 10
     for bad in ("nonsense", "host:", ":6379", "host:99999"):
         with pytest.raises(RayAddressError, match="expected HOST:PORT"):
             ray_init_address(bad)

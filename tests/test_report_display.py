@@ -96,7 +96,8 @@ def test_one_of_a_unit_is_singular(tmp_path: Path) -> None:
     assert "1 of 1 label set recovered exactly in round 1." in text
     assert "of 1 client update." in text and "of 1 label set." in text  # the whole-run line
     assert not re.search(r"\b1 (client updates|label sets|audits|rounds)\b", text)
-    assert stored["attacks"][0]["unit"] == "client updates"  # summary.json keeps the unit's name
+    probe = next(a for a in stored["attacks"] if a["attack"] == "probe")
+    assert probe["unit"] == "client updates"  # summary.json keeps the unit's name
 
 
 def test_long_reasons_are_cut_with_their_full_length_noted(tmp_path: Path) -> None:

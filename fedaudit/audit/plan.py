@@ -24,6 +24,10 @@ def check_audit(audit: AuditConfig) -> None:
             )
     if len(set(audit.attacks)) != len(audit.attacks):
         raise ConfigError(f"audit.attacks = {audit.attacks!r}: an attack is listed twice")
+    if audit.resources and audit.backend != "ray":
+        raise ConfigError(
+            f"audit.resources: Ray resources apply only with audit.backend = \"ray\" (it is {audit.backend!r})"
+        )
     for key in audit.resources:
         if key != "default" and key not in audit.attacks:
             raise ConfigError(

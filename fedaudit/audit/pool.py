@@ -31,6 +31,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+import psutil
 import torch
 
 from fedaudit.attacks.base import Attack, Observation
@@ -180,7 +181,7 @@ class RayPool:
         if ray.is_initialized():
             return
         try:
-            target = ray_init_address(self.address)
+            target = ray_init_address(self.address, source="federation.ray_address =")
             own = {"resources": {"audit": float(self.workers)}} if target == "local" else {}
             ray.init(target, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False, **own)
         except Exception as err:  # noqa: BLE001 - every audit of the run then says why
@@ -204,6 +205,13 @@ class RayPool:
 
     def close(self) -> None:
         pass
+
+
+def _resident_mb(pid: int | None) -> float:
+    try:
+        return psutil.Process(pid).memory_info().rss / 2**20 if pid else 0.0
+    except psutil.Error:
+        return 0.0
 
 
 def missing_resources(resources: AttackResources, nodes: list[dict]) -> str:
@@ -260,9 +268,11 @@ class AuditPool:
         if outcome is None:
             elapsed = time.perf_counter() - start
             pid = getattr(getattr(worker, "process", None), "pid", None)
+            memory = _resident_mb(pid)  # what the overrunning worker held when it was stopped
             self._lost(kind, worker)
             reason = f"exceeded its budget of {budget_seconds:g} s; its worker was stopped after {elapsed:.1f} s"
-            return Outcome("timeout", reason=reason, seconds=elapsed, worker={"worker_pid": pid} if pid else {})
+            where = {"worker_pid": pid} if pid else {}
+            return Outcome("timeout", reason=reason, seconds=elapsed, peak_mem_mb=memory, worker=where)
         self._idle[kind].put(worker)
         return outcome
 

@@ -27,6 +27,7 @@ import json
 import math
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Union
@@ -46,6 +47,8 @@ class AttackRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     peak_mem_mb: float = 0.0
+    """Peak memory of the worker while the audit ran (resident set, or the CUDA allocator's
+    peak), whole: its runtime and the model it holds as well as the attack's own use."""
     diagnostics: dict[str, Any] = field(default_factory=dict)
     reconstruction: dict[str, Any] | None = None
     """What the attack recovered, JSON-ready (texts, tokens, records, labels, image file paths),
@@ -257,11 +260,18 @@ def finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def summarize(records: list[Record]) -> list[AttackSummary]:
-    """One summary per attack, in the order the attacks first appear."""
+def attack_order(audits: list[AttackRecord], planned: Sequence[str] = ()) -> list[str]:
+    """The attacks of ``audits`` in the scenario's order (``audit.attacks``), then any other in
+    the order it first appears: audits finish in any order, the report's order must not follow."""
+    present = dict.fromkeys(r.attack for r in audits)
+    return [name for name in planned if name in present] + [name for name in present if name not in planned]
+
+
+def summarize(records: list[Record], planned: Sequence[str] = ()) -> list[AttackSummary]:
+    """One summary per attack, in ``attack_order``."""
     audits = attack_records(records)
     out = []
-    for name in dict.fromkeys(r.attack for r in audits):
+    for name in attack_order(audits, planned):
         mine = [r for r in audits if r.attack == name]
         seconds = [r.seconds for r in mine]
         out.append(

@@ -54,8 +54,9 @@ class Outcome:
 
 
 class PeakMemory:
-    """Peak memory above the starting point while a block runs: the CUDA allocator's peak when
-    CUDA is in use, else this process's resident set sampled every 5 ms."""
+    """The peak memory of this worker while a block runs: the CUDA allocator's peak when CUDA is
+    in use, else the process's resident set sampled every 5 ms. Whole, not the growth over the
+    block: a warm worker keeps what earlier jobs allocated, so growth would shrink job by job."""
 
     def __init__(self) -> None:
         self.peak_mb = 0.0
@@ -65,10 +66,9 @@ class PeakMemory:
         self._cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
         if self._cuda:
             torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
         else:
             self._proc = psutil.Process()
-            self._base = self._peak = self._proc.memory_info().rss
+            self._peak = self._proc.memory_info().rss
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
@@ -84,7 +84,7 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             peak = max(self._peak, self._proc.memory_info().rss)
-        self.peak_mb = max(0.0, (peak - self._base) / 2**20)
+        self.peak_mb = peak / 2**20
 
 
 class Held:

@@ -8,7 +8,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedaudit.audit.records import AttackRecord, ClientError, Record, RejectedUpdate, RoundSkipped, UtilityRecord
+from fedaudit.audit.records import (
+    AttackRecord,
+    ClientError,
+    Record,
+    RejectedUpdate,
+    RoundSkipped,
+    UtilityRecord,
+    attack_order,
+)
 from fedaudit.config import Scenario
 from fedaudit.report.progress import RunProgress
 from fedaudit.report.summary import fixed, format_metrics
@@ -89,7 +97,7 @@ class RoundConsole:
         if not audits:
             self.console.print(title)
             return
-        attacks = list(dict.fromkeys(r.attack for r in audits))
+        attacks = attack_order(audits, self.scenario.audit.attacks)
         table = Table(title=title, title_justify="left")
         table.add_column("client")
         for name in attacks:

@@ -21,6 +21,7 @@ from typing import Any
 
 from fedaudit.audit.records import (
     AttackRecord,
+    attack_order,
     attack_records,
     client_errors,
     finite_number,
@@ -55,6 +56,12 @@ STATUSES = ("exact", "partial", "failed", "not_applicable", "error", "timeout")
 def natural_key(text: str) -> list[Any]:
     """Sort key that orders digit runs by value: "2" before "10", "c2" before "c10"."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def planned_attacks(audit_cfg: dict[str, Any]) -> list[str]:
+    """``audit.attacks`` as the run's scenario lists them (a list of names, or none)."""
+    attacks = audit_cfg.get("attacks")
+    return [a for a in attacks if isinstance(a, str)] if isinstance(attacks, list) else []
 
 
 def load_scenario_dict(run_dir: Path) -> dict[str, Any]:
@@ -209,7 +216,7 @@ def build(run_dir: str | Path, image_budget: int = IMAGE_BUDGET_BYTES) -> Report
     audit_cfg = scenario.get("audit", {}) if isinstance(scenario.get("audit"), dict) else {}
     cap = audit_cfg.get("max_examples_per_record", DEFAULT_CAP)
     raw = attack_records(records)
-    order = {name: i for i, name in enumerate(dict.fromkeys(r.attack for r in raw))}
+    order = {name: i for i, name in enumerate(attack_order(raw, planned_attacks(audit_cfg)))}
     raw.sort(key=lambda r: (r.round, natural_key(clean_text(r.client)), order[r.attack]))
     metric_of = {name: headline_metric([r for r in raw if r.attack == name]) for name in order}
     budget = ImageBudget(image_budget)

@@ -16,6 +16,7 @@ from typing import Any
 from jinja2 import Environment, StrictUndefined
 
 from fedaudit.audit.records import (
+    attack_order,
     attack_records,
     client_errors,
     read_records,
@@ -25,7 +26,14 @@ from fedaudit.audit.records import (
     summarize,
     utility_records,
 )
-from fedaudit.report.data import ReportData, build, defenses_line, load_scenario_dict, natural_key
+from fedaudit.report.data import (
+    ReportData,
+    build,
+    defenses_line,
+    load_scenario_dict,
+    natural_key,
+    planned_attacks,
+)
 from fedaudit.report.estimate import audit_sample
 from fedaudit.report.html import render_html
 from fedaudit.report.loader import template_loader
@@ -69,7 +77,8 @@ def render_report(run_dir: str | Path, data: ReportData | None = None) -> str:
     sample = (data or build(run_dir, image_budget=0)).sample if audit_sample(scenario) else None
     audits = attack_records(records)
     utility = utility_records(records)
-    order = {name: i for i, name in enumerate(dict.fromkeys(r.attack for r in audits))}
+    planned = planned_attacks(scenario.get("audit") if isinstance(scenario.get("audit"), dict) else {})
+    order = {name: i for i, name in enumerate(attack_order(audits, planned))}
     rounds: dict[int, list] = defaultdict(list)
     for r in sorted(audits, key=lambda r: (natural_key(clean_text(r.client)), order[r.attack])):
         rounds[r.round].append(r)
@@ -92,7 +101,7 @@ def render_report(run_dir: str | Path, data: ReportData | None = None) -> str:
         run_id=run_dir.name,
         scenario=scenario,
         defenses=defenses_line(scenario) if scenario else "",
-        summaries=summarize(records),
+        summaries=summarize(records, planned),
         utility=utility,
         accuracy_line=sparkline([u.metrics.get("accuracy") for u in utility]),
         loss_line=sparkline([u.metrics.get("loss") for u in utility]),
