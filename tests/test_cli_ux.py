@@ -169,6 +169,8 @@ def test_run_progress_draws_nothing_when_output_is_not_a_terminal() -> None:
         time.sleep(0.3)
     assert piped.getvalue() == ""
     assert progress.clients == (3, 4) and progress.audits == (1, 7) and progress.rounds_done == 1
+    progress.round_started(3, 4)  # round 2's audits go on while round 3 trains (overlap)
+    assert progress.clients == (0, 4) and progress.audits == (1, 7)
 
 
 def test_run_progress_shows_round_clients_audits_and_the_attack_against_its_budget() -> None:

@@ -190,3 +190,13 @@ def test_a_big_run_shows_the_first_and_last_rounds_first_clients(tmp_path: Path)
     # Every audit still counts in the headline and the heatmaps.
     assert "30 of 30 sentences recovered word for word in round 3" in _text(page)
     assert "Whole run: 90 exactly" in _text(page)
+
+
+def test_statuses_that_are_nouns_take_a_plural(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    for client in ("0", "1"):
+        store.append(AttackRecord(round=1, client=client, attack="dager", status="timeout", seconds=1.6))
+    store.append(AttackRecord(round=1, client="2", attack="dager", status="error", reason="boom"))
+    store.append(UtilityRecord(round=1, metrics={"loss": 1.0, "accuracy": 0.5}))
+    _, page, _ = _render(store)
+    assert "Nothing scored: 1 error, 2 timeouts." in _text(page)

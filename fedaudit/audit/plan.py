@@ -26,7 +26,7 @@ def check_audit(audit: AuditConfig) -> None:
         raise ConfigError(f"audit.attacks = {audit.attacks!r}: an attack is listed twice")
     if audit.resources and audit.backend != "ray":
         raise ConfigError(
-            f"audit.resources: Ray resources apply only with audit.backend = \"ray\" (it is {audit.backend!r})"
+            f'audit.resources: Ray resources apply only with audit.backend = "ray" (it is {audit.backend!r})'
         )
     for key in audit.resources:
         if key != "default" and key not in audit.attacks:

@@ -36,6 +36,12 @@ STATUS_WORDS = {
 }
 
 
+def status_count(status: str, count: int) -> str:
+    """ "3 exact", "1 timeout", "4 timeouts": the nouns among the statuses take a plural."""
+    word = STATUS_WORDS.get(status, status)
+    return f"{count} {word}{'s' if status in ('error', 'timeout') and count != 1 else ''}"
+
+
 def environment() -> Environment:
     env = Environment(
         loader=template_loader(),
@@ -49,6 +55,7 @@ def environment() -> Environment:
         metrics=format_metrics,
         plural=plural,
         status_word=lambda s: STATUS_WORDS.get(s, s),
+        status_count=status_count,
         abbrev=lambda k: METRIC_ABBREV.get(k, k),
         metric_name=lambda k: figures.METRIC_LABELS.get(k, METRIC_ABBREV.get(k, k)),
         number=_number,

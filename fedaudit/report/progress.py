@@ -86,7 +86,8 @@ class RunProgress:
     # -- events, called from Flower's server thread ------------------------------------------
     def round_started(self, server_round: int, clients: int) -> None:
         self.round, self.rounds_done = server_round, max(self.rounds_done, server_round - 1)
-        self.clients, self.audits, self.attack = (0, clients), (0, 0), None
+        # Audits are counted over the run: an earlier round's may still be queued (overlap).
+        self.clients, self.attack = (0, clients), None
 
     def clients_replied(self, replied: int, sent: int) -> None:
         self.clients = (replied, sent)
