@@ -199,8 +199,7 @@ def _simulate(sc: Scenario, store, verbose: bool, resume: bool, ray_address: str
 
 
 def _audit_resources(sc: Scenario, ray_address: str) -> dict:
-    """A run's own Ray declares ``audit = audit.workers``, the resource audit actors ask for
-    (``fedaudit.config.audit.AttackResources``); a joined cluster's nodes declare their own."""
+    """A run's own Ray declares ``audit = audit.workers`` (``AttackResources``); a joined cluster's nodes their own."""
     if ray_address != "local" or sc.audit.backend != "ray":
         return {}
     return {"resources": {"audit": float(sc.audit.workers)}}
