@@ -51,7 +51,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 class BudgetExceeded(Exception):
-    """Raised by ``Budget.check()`` when an attack has used up its time."""
+    """Raised by ``Budget.check()`` when an attack has used up its time, or by an attack that ran
+    out of it with nothing to show: the audit is then a ``timeout``. ``stage`` says where."""
+
+    def __init__(self, message: str = "", stage: str = "") -> None:
+        super().__init__(message or f"time budget used up{f' {stage}' if stage else ''}")
+        self.stage = stage
 
 
 class Budget:

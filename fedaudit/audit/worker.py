@@ -123,8 +123,9 @@ def run_job(job: Job, held: Held) -> Outcome:
         try:
             value: Any = attack.run(observation, Budget(job.budget_seconds))
             outcome = _judged(value)
-        except BudgetExceeded:
-            outcome = Outcome("timeout", reason=f"exceeded its budget of {job.budget_seconds:g} s")
+        except BudgetExceeded as err:
+            where = f" ({err.stage})" if err.stage else ""
+            outcome = Outcome("timeout", reason=f"exceeded its budget of {job.budget_seconds:g} s{where}")
         except Exception as err:  # noqa: BLE001 - everything an attack raises is recorded
             outcome = Outcome("error", reason=f"{type(err).__name__}: {err}")
     outcome.seconds, outcome.peak_mem_mb = time.perf_counter() - start, memory.peak_mb

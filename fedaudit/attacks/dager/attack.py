@@ -78,6 +78,8 @@ class Dager(Attack):
             return verdict.layer1_inseparable(observation, setup.span1, passing, diag)
         tau2 = self._layer2_threshold(observation, setup, candidates, present1, diag)
         outcome = self._search(observation, setup, tau2, candidates, budget, diag)
+        if outcome.ran_out and not outcome.found:  # nothing verified in time: a timeout, not a verdict
+            raise BudgetExceeded(stage="during the layer-2 search, with no sentence verified")
         outcome.tokens = tokens
         return verdict.verdict(observation, setup.span1, setup.span2, outcome, diag)
 
