@@ -149,10 +149,40 @@ def test_an_update_with_nans_is_an_error_with_a_reason(cola_path) -> None:
     assert "NaN" in record.reason
 
 
-def test_a_two_layer_classifier_is_not_applicable_with_a_reason(cola_path) -> None:
-    observation, _ = _updates(cola_path, "model.name=gpt2-random", "model.config={n_layer=2, n_embd=128, n_head=2}")[0]
+TWO_LAYERS = {
+    "gpt2": ["model.name=gpt2-random", "model.config={n_layer=2, n_embd=256, n_head=16}"],
+    "llama": [
+        "model.name=llama-random",
+        "model.config={num_hidden_layers=2, hidden_size=128, intermediate_size=256, "
+        "num_attention_heads=16, num_key_value_heads=4, head_dim=8}",
+    ],
+}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_two_layer_classifier_leaks_through_the_second_layers_keys_and_values(cola_path, family) -> None:
+    # Only the pooled token's layer-2 query reaches the loss, but it reads every position's key
+    # and value: with 16 heads that is 33 directions per sentence, more than its tokens.
+    for observation, truth in _updates(cola_path, *TWO_LAYERS[family], "model.task=classification", batch_size=6):
+        assert observation.model.adapter.num_layers == 2
+        _assert_exact(_attack(observation), truth, observation.model)
+
+
+def test_a_two_layer_classifier_with_few_heads_says_which_sentences_it_cannot_verify(cola_path) -> None:
+    # 2 heads: 5 directions per sentence; CoLA sentences of more tokens cannot be verified at layer 2.
+    config = "model.config={n_layer=2, n_embd=256, n_head=2}"
+    observation, truth = _updates(cola_path, "model.name=gpt2-random", config, "model.task=classification")[0]
+    rec = _attack(observation)
+    assert max(len(s) for s in truth.sequences()) > 5
+    assert rec.status in ("partial", "failed")
+    assert "at most 5 directions per example" in rec.reason and "longer than 5 tokens" in rec.reason
+    assert "B*n >= d" not in rec.reason
+
+
+def test_a_one_layer_model_is_not_applicable_with_a_reason(cola_path) -> None:
+    observation, _ = _updates(cola_path, "model.name=gpt2-random", "model.config={n_layer=1, n_embd=128, n_head=2}")[0]
     ok, why = Dager().applicable(observation)
-    assert not ok and "third attention layer" in why
+    assert not ok and "two attention layers" in why
 
 
 def test_ranks_under_protocol_noise_count_the_directions_above_the_noise_edge() -> None:

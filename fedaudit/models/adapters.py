@@ -126,6 +126,8 @@ class Adapter:
     tied_embeddings: bool = False
     """True when the output layer reuses the embedding matrix (its gradient then touches every row)."""
     num_layers: int = 0
+    attention_heads: int = 0
+    """Query heads per attention layer (text models)."""
     first_input: FirstLayerInput | None = None
     attention_inputs: tuple[AttentionInput, ...] = ()
     """The first two attention layers' inputs."""
@@ -222,6 +224,7 @@ def adapter_for(model: PreTrainedModel, task: Literal["classification", "causal-
         head_bias=_param_name(model, head.bias) if head.bias is not None else None,
         signed_head_features=True,
         num_layers=len(blocks),
+        attention_heads=int(model.config.num_attention_heads),
         first_input=_first_input(model, core, family, blocks[0]),
         attention_inputs=tuple(_attention_input(model, family, r) for r in readers[:2]),
     )

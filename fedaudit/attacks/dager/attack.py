@@ -43,11 +43,6 @@ class Dager(Attack):
         adapter = observation.model.adapter
         if adapter.first_input is None or len(adapter.attention_inputs) < 2:
             return False, "DAGER needs two attention layers and a known first-layer input (no adapter for this model)"
-        if observation.model.task == "classification" and adapter.num_layers < 3:
-            return False, (
-                f"the model has {adapter.num_layers} layers: in a classifier the second layer's queries "
-                "reach the loss only through a third attention layer (otherwise only the pooled token's do)"
-            )
         for layer, entry in enumerate(adapter.attention_inputs, start=1):
             names = [n for p in entry.projections for n in (p.weight, p.lora_a) if n]
             if not any(n in observation.update for n in names):

@@ -33,6 +33,8 @@ def input_span(
     """
     noise = observation.gradient_noise_std
     drift = observation.protocol.mode == "fedavg" and observation.protocol.local_epochs > 1
+    if layer == 2 and pooled_reads(observation) is not None:
+        min_rank = 0  # the layer-2 gradient may hold fewer directions than the inputs
     for proj in entry.projections:
         if proj.lora_a is None or proj.lora_a not in observation.update:
             continue
@@ -65,6 +67,21 @@ def input_span(
         noise_std=noise,
         drift=drift,
     )
+
+
+def pooled_reads(observation: Observation) -> int | None:
+    """Directions per example in the layer-2 gradient of a classifier with two attention layers.
+
+    Only the pooled token's layer-2 query reaches the loss. Per head h its key gradient is
+    X^T (c^h q^h^T) and its value gradient X^T (a^h d^h^T) (a^h: the pooled token's attention
+    weights), so each head adds two combinations X^T c^h, X^T a^h of the sentence's inputs:
+    at most 2H + 1 directions per example, all of its inputs only while n <= 2H + 1.
+    None when every position's query reaches the loss (deeper models, causal LMs).
+    """
+    adapter = observation.model.adapter
+    if observation.model.task != "classification" or adapter.num_layers != 2:
+        return None
+    return 2 * adapter.attention_heads + 1
 
 
 def midpoint_model(observation: Observation, device: torch.device) -> nn.Module:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedaudit.attacks.base import Observation, Reconstruction
+from fedaudit.attacks.dager.setup import pooled_reads
 from fedaudit.attacks.dager.span import Span
 
 
@@ -108,6 +109,14 @@ def verdict(
             f"FedAvg over {observation.protocol.local_steps} local steps: candidates are formed at the "
             "midpoint weights and checked against a span and thresholds widened for the weights' drift "
             "(approximate)"
+        )
+    reads = pooled_reads(observation)
+    if reads is not None and reasons:  # short sentences verify; longer ones cannot
+        reasons.append(
+            f"a classifier with 2 attention layers: only the pooled token's layer-2 query reaches the loss, "
+            f"so the layer-2 gradient holds at most {reads} directions per example (the query and the key and "
+            f"value reads of its {observation.model.adapter.attention_heads} heads), and sentences longer than "
+            f"{reads} tokens cannot be verified at layer 2 (a deeper model would leak them)"
         )
     if observation.gradient_noise_std > 0 and reasons:  # the noise explains what fell short
         reasons.append(
