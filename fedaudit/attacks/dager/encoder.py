@@ -13,21 +13,27 @@ class EncoderSearch(Search):
     """Bidirectional layer 2 sees the whole sentence: search the per-position candidates jointly.
 
     For each sentence length (the positions where the separator token is a candidate), start
-    from a guess built from candidates no verified sentence explains yet, then move one
-    position at a time to the candidate that lowers the summed log layer-2 residual most (all
-    single-position changes scored in one batched forward), until no move helps. A sentence
-    whose every position passes the layer-2 check is verified. Restarts continue until the
-    verified sentences explain the layer-2 rank or the budget runs out.
+    from a guess built from candidates no verified sentence explains yet, preferring those
+    closest to the layer-1 span at that position (a token present elsewhere in the batch passes
+    layer 1 at every position, only slightly farther). Then descend: move one position at a
+    time to the candidate that lowers the summed log layer-2 residual most (all single-position
+    changes scored in one batched forward), until no move helps. One wrong token lifts every
+    position's layer-2 residual, so two wrong tokens that fit each other (a phrase of another
+    sentence) form a local minimum no single move leaves: there, change the worst position and
+    one other jointly (``_pair``) and descend again while that helps. A sentence whose every
+    position passes the layer-2 check is verified. Restarts continue until the verified
+    sentences explain the layer-2 rank or the budget runs out.
     """
 
     def run(self) -> None:
         lengths = self._lengths()
+        self.order = self._layer1_order(max(lengths, default=0))
         gen = torch.Generator().manual_seed(0)
         stalls = {n: 0 for n in lengths}
         while self.explained() < self.setup.span2.rank and lengths:
             self.budget.check()
             n = lengths[0]
-            seq, worst = self._descend(self._start(n, gen))
+            seq, worst = self._solve(self._start(n, gen, stalls[n]))
             if worst < self.tau and seq not in [s for s, _ in self.found]:
                 self.found.append((seq, worst))
                 stalls[n] = 0
@@ -49,11 +55,22 @@ class EncoderSearch(Search):
             return [len(nonempty)] if nonempty else []
         return [i + 1 for i in nonempty if bool((self.candidates[i] == sep).any())]
 
+    def _layer1_order(self, n: int) -> list[torch.Tensor]:
+        """Candidates per position, closest to the layer-1 span first (eq. 5 at that position)."""
+        out = []
+        for i in range(n):
+            c = self.candidates[i]
+            if c.numel() > 1:
+                x = self.setup.first.materialize(c[:, None].expand(-1, i + 1).cpu())[:, i]
+                c = c[self.setup.span1.residual(x).argsort().to(c.device)]
+            out.append(c)
+        return out
+
     def _options(self, n: int) -> list[torch.Tensor]:
         sep = getattr(self.tokenizer, "sep_token_id", None)
         opts = []
         for i in range(n):
-            c = self.candidates[i]
+            c = self.order[i] if i < len(self.order) else self.candidates[i]
             if sep is not None:
                 c = c[c == sep] if i == n - 1 else (c[c != sep] if bool((c != sep).any()) else c)
             opts.append(c)
@@ -66,18 +83,36 @@ class EncoderSearch(Search):
         used = self._used()
         return sum(1 for i, c in enumerate(self._options(n)) for tok in c.tolist() if (i, tok) not in used)
 
-    def _start(self, n: int, gen: torch.Generator) -> list[int]:
+    def _start(self, n: int, gen: torch.Generator, attempt: int) -> list[int]:
+        """First attempt: at each position the unexplained candidate closest to the layer-1 span;
+        later ones draw among the unexplained candidates at random."""
         used = self._used()
         seq = []
         for i, c in enumerate(self._options(n)):
             fresh = [tok for tok in c.tolist() if (i, tok) not in used]
             pool = fresh or c.tolist()
-            seq.append(pool[int(torch.randint(len(pool), (1,), generator=gen))])
+            pick = 0 if attempt == 0 else int(torch.randint(len(pool), (1,), generator=gen))
+            seq.append(pool[pick])
         return seq
 
-    def _descend(self, seq: list[int]) -> tuple[list[int], float]:
+    def _solve(self, seq: list[int]) -> tuple[list[int], float]:
+        """Descend, then leave each local minimum by the best joint change of two positions."""
+        seq, score, res = self._descend(seq)
+        while float(res.max()) >= self.tau:
+            moved = self._pair(seq, res)
+            if moved is None:
+                break
+            cand, cand_score, cand_res = self._descend(moved)
+            if cand_score >= score:
+                break
+            seq, score, res = cand, cand_score, cand_res
+        return seq, float(res.max())
+
+    def _score(self, res: torch.Tensor) -> torch.Tensor:
+        return res.clamp_min(self.setup.span2.noise).log().sum(-1)
+
+    def _descend(self, seq: list[int]) -> tuple[list[int], float, torch.Tensor]:
         opts = self._options(len(seq))
-        device = self.setup.device
         while True:
             self.budget.check()
             batch = [list(seq)]
@@ -85,19 +120,47 @@ class EncoderSearch(Search):
                 for tok in c.tolist():
                     if tok != seq[i]:
                         batch.append(seq[:i] + [tok] + seq[i + 1 :])
-            ids = torch.tensor(batch, device=device)
-            res = self._residuals(ids)
-            score = res.clamp_min(self.setup.span2.noise).log().sum(-1)
+            res = self._residuals(torch.tensor(batch, device=self.setup.device))
+            score = self._score(res)
             best = int(score.argmin())
             if best == 0 or float(score[best]) >= float(score[0]):
-                return seq, float(res[0].max())
+                return seq, float(score[0]), res[0]
             seq = batch[best]
+
+    def _pair(self, seq: list[int], res: torch.Tensor) -> list[int] | None:
+        """The best change of the worst position (largest layer-2 residual) jointly with one other
+        position, or None if none lowers the score."""
+        opts = self._options(len(seq))
+        worst = int(res.argmax())
+        # At most a few descent steps' worth of forwards: the other position's candidates closest
+        # to the layer-1 span first (all of them while there are few).
+        single = sum(c.numel() - 1 for c in opts)
+        keep = max(1, 4 * single // max(1, (opts[worst].numel() - 1) * (len(seq) - 1)))
+        batch = [list(seq)]
+        for tok in opts[worst].tolist():
+            if tok == seq[worst]:
+                continue
+            for j, c in enumerate(opts):
+                if j == worst:
+                    continue
+                for other in c[: keep + 1].tolist():
+                    if other != seq[j]:
+                        g = list(seq)
+                        g[worst], g[j] = tok, other
+                        batch.append(g)
+        if len(batch) == 1:
+            return None
+        self.budget.check()
+        score = self._score(self._residuals(torch.tensor(batch, device=self.setup.device)))
+        best = int(score.argmin())
+        return batch[best] if best else None
 
     def _residuals(self, ids: torch.Tensor) -> torch.Tensor:
         rows = max(1, CHUNK_BYTES // (ids.shape[1] * self.setup.first.tokens.shape[1] * 64))
-        parts = [
-            self.setup.span2.residual(self.setup.probe.inputs(ids[s : s + rows])) for s in range(0, ids.shape[0], rows)
-        ]
+        parts = []
+        for s in range(0, ids.shape[0], rows):
+            self.budget.check()
+            parts.append(self.setup.span2.residual(self.setup.probe.inputs(ids[s : s + rows])))
         return torch.cat(parts)
 
     def explained(self) -> int:
