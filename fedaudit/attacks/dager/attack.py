@@ -16,7 +16,7 @@ from fedaudit.attacks.dager.encoder import EncoderSearch
 from fedaudit.attacks.dager.layer1 import Layer1Terms, layer1_residuals, layer1_terms
 from fedaudit.attacks.dager.search import Setup
 from fedaudit.attacks.dager.setup import KeptModel, build_setup
-from fedaudit.attacks.dager.span import NoiseDominates, split_at_gap, threshold
+from fedaudit.attacks.dager.span import NoiseDominates, resolution, split_at_gap, threshold
 
 KEEP_BYTES = 2 * 2**30
 """Largest layer-1 term set kept between runs (GPT-2: about 0.4 GiB)."""
@@ -26,6 +26,17 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and bool(torch.equal(a, b))
     return a == b if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) else False
+
+
+def _nearest(residuals: torch.Tensor, passing: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` smallest residuals of each position up to the last one where any token passes."""
+    reached = torch.nonzero(passing.any(0)).flatten()
+    out = torch.zeros_like(passing)
+    if reached.numel():
+        last = int(reached.max()) + 1
+        rows = residuals[:, :last].topk(min(k, residuals.shape[0]), dim=0, largest=False).indices
+        out[:, :last].scatter_(0, rows, True)
+    return out
 
 
 class Dager(Attack):
@@ -66,7 +77,8 @@ class Dager(Attack):
         diag = self._diagnostics(observation, setup, time.perf_counter() - started)
         if setup.span1.full or setup.span2.full:
             return verdict.span_full(observation, setup.span1, setup.span2, diag)
-        candidates, tokens, present1, passing = self._layer1(setup, diag)
+        noisy = observation.gradient_noise_std > 0
+        candidates, tokens, present1, passing = self._layer1(setup, diag, observation.protocol.num_examples * noisy)
         if not tokens:
             return Reconstruction("failed", "no vocabulary token passes the layer-1 span check", diagnostics=diag)
         if diag["closest_absent_layer1"] <= present1:  # every residual sits at the noise ratio
@@ -93,6 +105,8 @@ class Dager(Attack):
             span_source=s1.source,
             noise_layer1=s1.noise,
             noise_layer2=s2.noise,
+            edge_layer1=s1.edge,
+            edge_layer2=s2.edge,
             device=str(self.device),
             seconds_setup=setup_seconds,
         )
@@ -100,19 +114,26 @@ class Dager(Attack):
             diag.update(noise_std=observation.gradient_noise_std)
         return diag
 
-    def _layer1(self, setup: Setup, diag: dict[str, Any]) -> tuple[list[torch.Tensor], set[int], float, int]:
+    def _layer1(
+        self, setup: Setup, diag: dict[str, Any], nearest: int = 0
+    ) -> tuple[list[torch.Tensor], set[int], float, int]:
         """Candidate tokens per position (eq. 5 over the vocabulary), split at the residuals' gap:
-        (candidates, tokens, farthest present residual, count passing)."""
+        (candidates, tokens, farthest present residual, count passing). ``nearest``: under
+        protocol noise, also the ``nearest`` closest tokens at each position up to the last one
+        anything passes at (a true token the noise pushed past the threshold stays in reach;
+        layer 2 decides, and ``tokens`` keeps only those that passed)."""
         s1 = setup.span1
         t1 = time.perf_counter()
         terms, reused = self._layer1_terms(setup)
         t_terms = time.perf_counter()
         residuals = layer1_residuals(s1, terms)
-        present1, absent1 = split_at_gap(residuals, floor=s1.noise, rank=s1.rank)
+        present1, absent1 = split_at_gap(residuals, floor=resolution(s1), rank=s1.rank)
         tau1 = math.sqrt(present1 * absent1)
         passing = residuals < tau1
-        candidates = [torch.nonzero(passing[:, i]).flatten() for i in range(passing.shape[1])]
         tokens = set(torch.nonzero(passing.any(1)).flatten().tolist())
+        if nearest:
+            passing = passing | _nearest(residuals, passing, nearest)
+        candidates = [torch.nonzero(passing[:, i]).flatten() for i in range(passing.shape[1])]
         diag.update(
             threshold_layer1=tau1,
             closest_absent_layer1=absent1,
@@ -145,11 +166,13 @@ class Dager(Attack):
         random2 = self._random_layer2_residuals(setup)
         absent2 = float(random2.min()) if random2.numel() else 1.0
         tau2 = threshold(setup.span2, absent2)
-        if not observation.exact_gradient:
+        if not observation.exact_gradient or setup.span2.edge > 0:  # drift or noise: measure how far
             present = present1
             if observation.model.adapter.is_decoder and candidates[0].numel():
                 first = self._first_position_residuals(setup, candidates[0])
-                present, _ = split_at_gap(torch.cat([first, random2]), floor=setup.span2.noise, rank=int(first.numel()))
+                present, _ = split_at_gap(
+                    torch.cat([first, random2]), floor=resolution(setup.span2), rank=int(first.numel())
+                )
             tau2 = threshold(setup.span2, absent2, present=present)
             diag.update(farthest_present_layer2=present)
         diag.update(threshold_layer2=tau2, closest_absent_layer2=absent2)

@@ -4,6 +4,7 @@ the candidates are formed at (the global weights, or the FedAvg midpoint)."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -47,6 +48,7 @@ def input_span(
                 input_map=a,
                 noise_std=noise,
                 drift=drift,
+                rounding=_transposed(rounding_std(observation, proj.lora_b)),
                 source=f"{proj.lora_b} (layer {layer}; LoRA B = 0, so inputs are seen as A x)",
             )
         return estimate_span(
@@ -54,11 +56,17 @@ def input_span(
             floor,
             noise_std=noise,
             drift=drift,
+            rounding=_transposed(rounding_std(observation, proj.lora_a)),
             source=f"{proj.lora_a} (layer {layer})",
         )
     grads = [observation.gradient(p.weight) for p in entry.projections if p.weight in observation.update]
     grads = [g if p.in_features_first else g.T for p, g in zip(entry.projections, grads)]
     names = ", ".join(p.weight for p in entry.projections if p.weight in observation.update)
+    sent = [p for p in entry.projections if p.weight in observation.update]
+    stds = [rounding_std(observation, p.weight) for p in sent]
+    rounding = (
+        None if stds[0] is None else torch.cat([s if p.in_features_first else s.T for p, s in zip(sent, stds)], 1)
+    )
     return estimate_span(
         torch.cat(grads, dim=1).to(device),
         floor,
@@ -66,7 +74,31 @@ def input_span(
         min_rank=min_rank,
         noise_std=noise,
         drift=drift,
+        rounding=rounding,
     )
+
+
+def rounding_std(observation: Observation, name: str) -> torch.Tensor | None:
+    """Per-entry std of the rounding in ``observation.gradient(name)`` when FedAvg weights were
+    trained and sent in a float type narrower than float64 (None otherwise: FedSGD's gradient
+    and float64 weights carry only the relative floor of ``rounding_floor``).
+
+    Each local step stores W_{s+1} = fl(W_s - lr g_s), off by up to half an ulp of that weight
+    (uniform: std ulp / sqrt(12)); S steps add up to sqrt(S / 12) ulp per entry, and the
+    server's W_E - W_0 of two floats it holds is exact. In gradient units: divided by lr * S.
+    Entries of large weights have large ulps: a per-entry floor, not one global epsilon.
+    """
+    w0 = observation.global_weights[name]
+    if observation.protocol.mode != "fedavg" or not w0.is_floating_point() or w0.dtype == F64:
+        return None
+    magnitude = (w0.to(F64) + observation.update[name].to(F64)).abs().to(w0.dtype)
+    ulp = (torch.nextafter(magnitude, torch.full_like(magnitude, math.inf)) - magnitude).to(F64)
+    steps, lr = observation.protocol.local_steps, observation.protocol.lr
+    return ulp * math.sqrt(steps / 12) / (lr * steps)
+
+
+def _transposed(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.T
 
 
 def pooled_reads(observation: Observation) -> int | None:

@@ -31,6 +31,8 @@ class Span:
 
     centered: bool = False
     """Inputs come from a LayerNorm: minus its bias they sum to zero, so they fill at most width - 1 dims."""
+    edge: float = 0.0
+    """The noise edge relative to the top singular value (0: no protocol noise or rounding modelled)."""
 
     @property
     def full(self) -> bool:
@@ -55,6 +57,7 @@ def estimate_span(
     min_rank: int = 0,
     noise_std: float = 0.0,
     drift: bool = False,
+    rounding: torch.Tensor | None = None,
 ) -> Span:
     """Span of the input-side space of ``gradient`` (k_in x m): rank at the largest spectral gap.
 
@@ -73,31 +76,63 @@ def estimate_span(
     directions again). The basis keeps 2r directions, but leaves at least r outside so that
     absent inputs keep a residual of order sqrt(r / width). A true input's residual is then of
     second order: the noise ratio is the first direction left out over the weakest input one.
+    ``rounding``: per-entry std of the rounding the numbers were sent with (``setup.rounding_std``),
+    in the gradient's units; then, as for protocol noise, the rank counts the directions above
+    the noise edge, and drift weaker than the rounding is lost in it.
     """
     g = gradient.to(F64)
     if not torch.isfinite(g).all():
         raise ValueError(f"the gradient of {source or 'the query projection'} contains NaN or inf")
+    if noise_std > 0 or rounding is not None:
+        return _span_above_noise(g, noise_std, rounding, input_map, source)
     u, s, _ = left_singular(g)
     rel = s / s[0]
     width = int(g.shape[0])
-    if noise_std > 0:
-        edge = noise_edge(noise_std, *g.shape)
-        rank = rank_above_noise(s, edge)
-        if rank == 0:
-            raise NoiseDominates(
-                f"every singular value of the gradient of {source or 'the query projection'} "
-                f"(largest {float(s[0]):.3g}) lies below the noise edge {edge:.3g}"
-            )
-        noise = min(1.0, edge / float(s[rank - 1]))
-        return Span(
-            basis=u[:, :rank].contiguous(), rank=rank, width=width, noise=noise, input_map=input_map, source=source
-        )
     rank = gap_rank(s, noise_floor, min_rank, width // 2) if drift else spectral_rank(s, noise_floor, min_rank)
     if rank == 0:
         raise ValueError(f"the gradient of {source or 'the query projection'} is zero")
     kept = max(rank, min(2 * rank, width - rank)) if drift else rank
     noise = float(rel[kept] / rel[rank - 1]) if kept < s.numel() else 1.0
     return Span(basis=u[:, :kept].contiguous(), rank=rank, width=width, noise=noise, input_map=input_map, source=source)
+
+
+def _span_above_noise(
+    g: torch.Tensor, noise_std: float, rounding: torch.Tensor | None, input_map: torch.Tensor | None, source: str
+) -> Span:
+    """The directions of ``g`` above the edge of its noise: i.i.d. protocol noise of std
+    ``noise_std`` (``spectral.noise_edge``), plus per-entry rounding of stds ``rounding``.
+
+    Per-entry stds sigma_ij: the output-side columns are whitened first (scaling columns keeps
+    the input-side space), and the largest singular value of the noise is bounded by the largest
+    row norm plus the largest column norm of sigma, plus max sigma_ij sqrt(2 ln(rows + cols))
+    (Bandeira and van Handel 2016, Thm. 1.1; for equal stds this is ``noise_edge``).
+    """
+    if rounding is None:
+        edge = noise_edge(noise_std, *g.shape)
+    else:
+        std = (rounding.to(g.device, F64).square() + noise_std**2).sqrt()
+        col = std.square().mean(0).sqrt().clamp_min(torch.finfo(F64).tiny)
+        g, std = g / col, std / col
+        rows_cols = float(std.square().sum(1).sqrt().max() + std.square().sum(0).sqrt().max())
+        edge = rows_cols + float(std.max()) * math.sqrt(2 * math.log(sum(g.shape)))
+    u, s, _ = left_singular(g)
+    rank = rank_above_noise(s, edge)
+    if rank == 0:
+        kind = "noise" if rounding is None else "rounding" if noise_std == 0 else "rounding and noise"
+        raise NoiseDominates(
+            f"every singular value of the gradient of {source or 'the query projection'} "
+            f"(largest {float(s[0]):.3g}) lies below the {kind} edge {edge:.3g}"
+        )
+    noise = min(1.0, edge / float(s[rank - 1]))
+    return Span(
+        basis=u[:, :rank].contiguous(),
+        rank=rank,
+        width=int(g.shape[0]),
+        noise=noise,
+        input_map=input_map,
+        source=source,
+        edge=edge / float(s[0]),
+    )
 
 
 class NoiseDominates(ValueError):
@@ -107,7 +142,15 @@ class NoiseDominates(ValueError):
 def threshold(span: Span, absent: float, present: float = 0.0) -> float:
     """Geometric middle between the residual a true input can show (the span's noise ratio, or
     ``present`` when measured larger) and the closest absent one."""
-    return math.sqrt(max(span.noise, present, torch.finfo(F64).eps) * max(absent, torch.finfo(F64).eps))
+    return math.sqrt(max(resolution(span), present) * max(absent, torch.finfo(F64).eps))
+
+
+def resolution(span: Span) -> float:
+    """The smallest residual that tells anything apart: the noise ratio where rounding to the
+    gradient's own precision is the only noise. Above a noise edge, the ratio edge / s_r bounds
+    only the weakest direction (Davis-Kahan), while an input's residual mixes all of its
+    directions, mostly strong ones: there the data decide (measured present residuals)."""
+    return max(span.noise if span.edge == 0 else 0.0, torch.finfo(F64).eps)
 
 
 def split_at_gap(residuals: torch.Tensor, floor: float, rank: int) -> tuple[float, float]:

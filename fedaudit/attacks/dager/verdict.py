@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from fedaudit.attacks.base import Observation, Reconstruction
 from fedaudit.attacks.dager.setup import pooled_reads
 from fedaudit.attacks.dager.span import Span
@@ -110,6 +112,14 @@ def verdict(
             "midpoint weights and checked against a span and thresholds widened for the weights' drift "
             "(approximate)"
         )
+    sent = observation.model.dtype
+    if reasons and not observation.exact_gradient and sent != torch.float64 and s1.edge > 0:
+        reasons.append(
+            f"the weights were sent in {str(sent).removeprefix('torch.')}: each weight's rounding (about half an "
+            f"ulp per local step) sets a noise edge at {s1.edge:.2g} of the strongest layer-1 direction "
+            f"({s2.edge:.2g} at layer 2), and weaker directions, the weights' drift among them, are lost in it "
+            "(float64 weights would keep them)"
+        )
     reads = pooled_reads(observation)
     if reads is not None and reasons:  # short sentences verify; longer ones cannot
         reasons.append(
@@ -121,7 +131,8 @@ def verdict(
     if observation.gradient_noise_std > 0 and reasons:  # the noise explains what fell short
         reasons.append(
             f"{_noise(observation)}: ranks {s1.rank}/{s2.rank} count the directions above the noise "
-            "edge, and inputs weaker than the noise are lost in it"
+            f"edge ({s1.edge:.2g}/{s2.edge:.2g} of the strongest direction; the weakest kept stands at noise ratio "
+            f"{s1.noise:.2g}/{s2.noise:.2g}), and inputs weaker than the noise are lost in it"
         )
     if observation.model.task == "causal-lm":
         reasons.append(
