@@ -202,6 +202,7 @@ class Dager(Attack):
             seconds_layer2=time.perf_counter() - t2,
             explained_layer2=finder.explained(),
             sentences_found=len(finder.found),
+            layer2_choice=finder.note,
         )
         return verdict.SearchOutcome(
             sequences=finder.best(),
@@ -209,6 +210,7 @@ class Dager(Attack):
             explained=finder.explained(),
             ran_out=ran_out,
             tokens=set(),
+            choice=finder.note,
         )
 
     def _layer1_terms(self, setup: Setup) -> tuple[Layer1Terms, bool]:

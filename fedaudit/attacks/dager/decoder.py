@@ -1,10 +1,12 @@
 """Decoders (DAGER, Sec. 5.2): the layer-2 input at position t depends only on tokens <= t, so
-sentences grow left to right, keeping the extensions whose layer-2 input passes the span check."""
+sentences grow left to right, keeping the extensions whose layer-2 input passes the span check.
+Every kept prefix is a node of a tree; the sentences are chosen from it (``choice``)."""
 
 from __future__ import annotations
 
 import torch
 
+from fedaudit.attacks.dager.choice import choose
 from fedaudit.attacks.dager.search import Search
 from fedaudit.attacks.dager.span import CHUNK_BYTES
 
@@ -13,6 +15,19 @@ class DecoderSearch(Search):
     """Grow every prefix by every candidate of the next position in one batched call (Sec. 5.2)."""
 
     def run(self) -> None:
+        self._nodes: dict[tuple[int, ...], float] = {}
+        self._open: set[tuple[int, ...]] = set()
+        try:
+            self._grow()
+        finally:  # also when the budget runs out: what was verified so far
+            self.choice = choose(self._nodes, self._open, self.tau, self.setup.span2.rank, self.limit)
+            self.found = [(list(seq), self._nodes[seq]) for seq in self.choice.leaves]
+            self.note = self.choice.note
+
+    def best(self) -> list[list[int]]:
+        return self.choice.sentences
+
+    def _grow(self) -> None:
         setup, device = self.setup, self.setup.device
         first = self.candidates[0].to(device)
         if first.numel() == 0:
@@ -23,6 +38,7 @@ class DecoderSearch(Search):
         prefixes = first[keep][:, None]
         worst = res[keep]
         keys, values = keys[keep], values[keep]
+        self._record(prefixes, worst)
         for t in range(1, setup.max_len):
             self.budget.check()
             cand = self.candidates[t].to(device)
@@ -47,6 +63,7 @@ class DecoderSearch(Search):
             prefixes = torch.cat([prefixes[parent], token[:, None]], dim=1)
             worst = torch.maximum(worst[parent], res)
             keys, values = k_new[ok], v_new[ok]
+            self._record(prefixes, worst)
         self._finish(prefixes, worst)
 
     def _extend(self, keys: torch.Tensor, values: torch.Tensor, cand: torch.Tensor):
@@ -68,10 +85,16 @@ class DecoderSearch(Search):
             vs.append(v)
         return parent, token, torch.cat(res), torch.cat(ks), torch.cat(vs)
 
+    def _record(self, prefixes: torch.Tensor, worst: torch.Tensor) -> None:
+        """Kept prefixes become tree nodes, open until their extensions have been checked."""
+        seqs = [tuple(seq) for seq in prefixes.tolist()]
+        self._open = set(seqs)
+        self._nodes.update(zip(seqs, worst.tolist()))
+
     def _finish(self, prefixes: torch.Tensor, worst: torch.Tensor) -> None:
-        for seq, w in zip(prefixes.tolist(), worst.tolist()):
-            self.found.append((seq, w))
+        """Prefixes that no extension continues: checked to the end (the tree already holds them)."""
+        self._open -= {tuple(seq) for seq in prefixes.tolist()}
 
     def explained(self) -> int:
-        """Distinct prefixes of the verified sentences: each is one distinct layer-2 input vector."""
-        return len({tuple(seq[:t]) for seq, _ in self.found for t in range(1, len(seq) + 1)})
+        """Distinct layer-2 input vectors the chosen sentences account for (``Choice.explained``)."""
+        return self.choice.explained

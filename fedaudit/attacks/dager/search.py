@@ -51,6 +51,8 @@ class Search:
         """Verified sentences with their largest layer-2 residual."""
         self.rejected: list[tuple[list[int], float]] = []
         """Best unverified guesses (encoders), used only to fill up to B when verification falls short."""
+        self.note = ""
+        """How sure the choice among the verified sentences is, in words (decoders; empty if nothing was chosen)."""
 
     def best(self) -> list[list[int]]:
         """At most ``limit`` distinct sentences: verified ones first, each group closest to the span first."""

@@ -31,6 +31,8 @@ class SearchOutcome:
     ran_out: bool
     tokens: set[int]
     """Tokens that passed the layer-1 check."""
+    choice: str = ""
+    """How sure the choice of these sentences among all that pass is (``choice.choose``), or empty."""
 
 
 def _drift(observation: Observation) -> str:
@@ -86,10 +88,11 @@ def _shortfalls(observation: Observation, s1: Span, s2: Span, outcome: SearchOut
             "vectors the gradient holds"
             + ("" if observation.exact_gradient else " (under drift that rank is an upper bound)")
         )
-    if found > expected:
+    if found > expected:  # more than B at the true inputs' level: no gap or rank singles B out
         reasons.append(
             f"{found} sentences pass every check but the client reports {_count(expected, 'example')}: "
             "the checks let some false sentences through; the best are returned"
+            + (f" ({outcome.choice})" if outcome.choice else "")
         )
     elif found < expected and outcome.explained >= s2.rank:
         reasons.append(
