@@ -8,6 +8,7 @@ one per sampled batch, with the server's Observation and the batch's GroundTruth
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,16 +27,25 @@ from fedaudit.safety import write_private
 
 
 def sampled_updates(
-    scenario: Scenario, data: FederatedData, public: ModelBundle, count: int, seed: int
+    scenario: Scenario,
+    data: FederatedData,
+    public: ModelBundle,
+    count: int,
+    seed: int,
+    seconds: list[float] | None = None,
 ) -> Iterator[tuple[Observation, GroundTruth]]:
     """``count`` client updates from the initial global model, one per sampled batch, each computed
-    exactly as a client would, with the server's Observation and the batch's GroundTruth."""
+    exactly as a client would, with the server's Observation and the batch's GroundTruth.
+    ``seconds``: gets the wall time of each client update (the client's own cost), in order."""
     client = build_global_model(scenario, data.examples)
     initial = {k: v.clone() for k, v in public.trainable_state().items()}
     for k, index in enumerate(sample_batches(data, scenario, count, seed)):
         client.load_state(initial)
         batch = encode_examples(client, data.examples.subset(index), scenario)
+        started = time.perf_counter()
         update = client_update(client, batch, scenario, seed=seed * 1_000_003 + k)
+        if seconds is not None:
+            seconds.append(time.perf_counter() - started)
         yield (
             observe(scenario, 1, f"batch-{k}", public, initial, update.tensors, update.num_examples),
             ground_truth(batch),
@@ -67,12 +77,16 @@ def evaluate_attack(
         "aggregate": {},
     }
     records: list[AttackRecord] = []
-    for k, (observation, truth) in enumerate(sampled_updates(scenario, data, public, batches, seed)):
+    gradient_seconds: list[float] = []
+    for k, (observation, truth) in enumerate(
+        sampled_updates(scenario, data, public, batches, seed, seconds=gradient_seconds)
+    ):
         records.extend(auditor.audit(observation, truth))
         row = to_json(records[-1])
         result["batches"].append(
             {
                 "batch": k,
+                "seconds_gradient": gradient_seconds[-1],
                 **{key: row[key] for key in ("status", "reason", "metrics", "seconds", "peak_mem_mb", "diagnostics")},
                 # What came back, beside the truth; image paths are relative to the JSON file's folder.
                 **{key: row[key] for key in ("reconstruction", "comparison") if key in row},

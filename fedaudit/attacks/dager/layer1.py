@@ -49,9 +49,10 @@ class Layer1Terms:
     reader: torch.Tensor | None
     """(d, k) A with F = e A for the raw token e, when chunks store e itself (no LoRA map), else None."""
     chunks: Any
-    """Per chunk of tokens: the raw embeddings (or F = M(gamma * c(e)) with a LoRA map), s and
-    |x|^2 (rows x p each); a list when kept, else a one-pass generator (bounded memory for very
-    large vocabularies)."""
+    """Per chunk of tokens: the raw embeddings (or F = M(gamma * c(e)) with a LoRA map), 1/s,
+    1/s^2 and -1/|x|^2 (0 for a zero input; rows x p each): the reciprocals once per round, so
+    that each client's check is multiplications only; a list when kept, else a one-pass
+    generator (bounded memory for very large vocabularies)."""
 
 
 def layer1_terms(inputs: FirstInputs, input_map: torch.Tensor | None, device: torch.device, keep: bool) -> Layer1Terms:
@@ -90,7 +91,7 @@ def layer1_terms(inputs: FirstInputs, input_map: torch.Tensor | None, device: to
     g2sum = float((gamma * gamma).sum())
     rows = max(256, CHUNK_BYTES // (8 * (2 * d + 4 * npos)))
 
-    def chunk(start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def chunk(start: int) -> tuple[torch.Tensor, ...]:
         E = inputs.tokens[start : start + rows].to(device, F64)
         read = E @ reads
         EP, FG, Fb = read[:, :npos], read[:, npos : 2 * npos], read[:, 2 * npos]
@@ -104,7 +105,10 @@ def layer1_terms(inputs: FirstInputs, input_map: torch.Tensor | None, device: to
             stored = E @ A
             F2 = (stored * stored).sum(-1)
         xx = (F2[:, None] + 2 * FG + G2) / s**2 + 2 * (Fb[:, None] + Gb) / s + b2
-        return stored, s, xx
+        # A zero input (e.g. a zeroed padding embedding) adds nothing to any gradient: never
+        # "present" (see Span.residual); -1/|x|^2 = 0 makes its residual 1.
+        neg_inv_xx = torch.where(xx > 0, -1.0 / xx.clamp_min(torch.finfo(F64).tiny), 0.0)
+        return stored, 1.0 / s, s.pow(-2), neg_inv_xx
 
     chunks = (chunk(start) for start in range(0, inputs.tokens.shape[0], rows))
     return Layer1Terms(G=G, b=b, reader=A if M is None else None, chunks=list(chunks) if keep else chunks)
@@ -124,16 +128,22 @@ def layer1_residuals(span: Span, terms: Layer1Terms) -> torch.Tensor:
     and s^2 needs c(e).c(p): every term is a per-token or per-position quantity or one
     (V x k) @ (k x p) product, so no (V x p x d) tensor is ever formed. Everything but the terms
     with U is the same for every client of a round (``Layer1Terms``); per client the check costs
-    one (V x k) @ (k x r) product and a few (V x p) elementwise passes.
+    one (V x k) @ (k x r) product and a few in-place (V x p) passes:
+    residual^2 = 1 - |U^T x|^2 / |x|^2 with the reciprocals of s and |x|^2 kept in the terms.
     """
     U = span.basis
     g, c = terms.G @ U, terms.b @ U
     g2, gc, c2 = (g * g).sum(-1), g @ c, float(c @ c)
     read = U if terms.reader is None else terms.reader @ U  # f = F U = e (A U)
-    out = []
-    for stored, s, xx in terms.chunks:
+    kept = isinstance(terms.chunks, list)  # sizes known: write into one result, no concatenation
+    rows = sum(chunk[0].shape[0] for chunk in terms.chunks) if kept else 0
+    result = torch.empty(rows, g.shape[0], dtype=F64, device=U.device) if kept else None
+    out, start = [], 0
+    for stored, inv_s, inv_s2, neg_inv_xx in terms.chunks:
         f = stored @ read
-        pp = ((f * f).sum(-1, keepdim=True) + 2 * f @ g.T + g2) / s**2 + 2 * ((f @ c)[:, None] + gc) / s + c2
-        rel = ((xx - pp).clamp_min(0) / xx.clamp_min(torch.finfo(F64).tiny)).sqrt()
-        out.append(torch.where(xx > 0, rel, 1.0))  # a zero input is never "present" (see Span.residual)
-    return torch.cat(out)
+        pp = torch.addmm(g2, f, g.T, alpha=2, out=None if result is None else result[start : start + f.shape[0]])
+        start += f.shape[0]
+        pp.add_((f * f).sum(-1, keepdim=True)).mul_(inv_s2)  # (|f|^2 + 2 f.g + |g|^2) / s^2
+        pp.addcmul_(inv_s, (f @ c)[:, None], value=2).addcmul_(inv_s, gc, value=2).add_(c2)
+        out.append(pp.mul_(neg_inv_xx).add_(1).clamp_min_(0).sqrt_())
+    return result if result is not None else torch.cat(out)

@@ -5,6 +5,7 @@ the candidates are formed at (the global weights, or the FedAvg midpoint)."""
 from __future__ import annotations
 
 import math
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -154,12 +155,12 @@ class KeptModel:
 
 
 def first_inputs(model: nn.Module, observation: Observation, max_len: int) -> FirstInputs:
-    """A snapshot of the first layer's inputs (copies: the layer-1 terms computed from them
-    may be kept for the next observation, ``Dager._layer1_terms``, and must not hold on to the
-    whole private model)."""
+    """The first layer's inputs: views of the attack's private model, no copies per attack. What
+    the attack keeps of them for the next observation (``Dager._layer1_terms``: the terms and the
+    tensors they came from) holds at most the embedding tensor, never the model around it."""
     spec = observation.model.adapter.first_input
     params = dict(model.named_parameters())
-    tokens = params[observation.model.adapter.embedding].detach().clone()
+    tokens = params[observation.model.adapter.embedding].detach()
     d = tokens.shape[1]
     if spec.positions is not None:
         positions = params[spec.positions].detach()[:max_len].to(F64, copy=True)
@@ -192,6 +193,11 @@ def rounding_floor(observation: Observation) -> float:
     return min(1.0, eps * weights / max(update, torch.finfo(F64).tiny))
 
 
+_probes: weakref.WeakKeyDictionary[nn.Module, Layer2Probe] = weakref.WeakKeyDictionary()
+"""One probe per private model (``KeptModel`` keeps a model for a round): what it has read at
+those weights serves the round's next clients (``Layer2Probe.inputs``)."""
+
+
 def build_setup(observation: Observation, device: torch.device, model: nn.Module) -> Setup:
     """Both spans, the attack's ``model`` (at the right weights: ``KeptModel``), its probe and the
     first layer's inputs."""
@@ -207,7 +213,9 @@ def build_setup(observation: Observation, device: torch.device, model: nn.Module
     if spec.positions is not None:
         max_len = min(max_len, int(model.get_parameter(spec.positions).shape[0]))
     first = first_inputs(model, observation, max_len)
-    probe = Layer2Probe(model, adapter.attention_inputs[1].module)
+    probe = _probes.get(model)
+    if probe is None or probe.module != adapter.attention_inputs[1].module:
+        probe = _probes[model] = Layer2Probe(model, adapter.attention_inputs[1].module)
     return Setup(
         span1=span1,
         span2=span2,
