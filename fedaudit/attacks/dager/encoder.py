@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from fedaudit.attacks.dager.encoder_lengths import alive, plan_lengths
 from fedaudit.attacks.dager.search import Search
 from fedaudit.attacks.dager.span import CHUNK_BYTES
 
@@ -27,12 +28,16 @@ class EncoderSearch(Search):
 
     def run(self) -> None:
         lengths = self._lengths()
-        self.order = self._layer1_order(max(lengths, default=0))
+        self.order, ends = self._layer1_order(max(lengths, default=0))
+        self.plan = plan_lengths(ends, self.setup.span2.rank, self.limit)
+        self.level = 0
         gen = torch.Generator().manual_seed(0)
         stalls = {n: 0 for n in lengths}
+        lengths.sort(key=lambda m: (m not in self.plan, ends.get(m, 1.0)))
         while self.explained() < self.setup.span2.rank and lengths:
             self.budget.check()
             n = lengths[0]
+            self.level = stalls[n] // 2  # widen the options every second failure
             seq, worst = self._solve(self._start(n, gen, stalls[n]))
             if worst < self.tau and seq not in [s for s, _ in self.found]:
                 self.found.append((seq, worst))
@@ -42,11 +47,17 @@ class EncoderSearch(Search):
                     self.rejected.append((seq, worst))
                 stalls[n] += 1
             lengths = [m for m in lengths if stalls[m] <= self._patience(m)]
-            lengths.sort(key=lambda m: (stalls[m], -self._unexplained(m)))
+            lengths.sort(key=lambda m: (self._planned_left(m) <= 0, stalls[m], -self._unexplained(m)))
+
+    def _planned_left(self, n: int) -> int:
+        """Planned sentences of length n not verified yet (0 for an unplanned length)."""
+        return self.plan.count(n) - sum(1 for seq, _ in self.found if len(seq) == n)
 
     def _patience(self, n: int) -> int:
-        """Restarts without a new sentence before a length is given up: its candidate count per position."""
-        return max(len(self.candidates[i]) for i in range(n))
+        """Restarts without a new sentence before a length is given up: twice the doublings to
+        reach every candidate, plus its candidate count per position."""
+        most = max(len(self.candidates[i]) for i in range(n))
+        return 2 * most.bit_length() + most
 
     def _lengths(self) -> list[int]:
         sep = getattr(self.tokenizer, "sep_token_id", None)
@@ -55,16 +66,21 @@ class EncoderSearch(Search):
             return [len(nonempty)] if nonempty else []
         return [i + 1 for i in nonempty if bool((self.candidates[i] == sep).any())]
 
-    def _layer1_order(self, n: int) -> list[torch.Tensor]:
-        """Candidates per position, closest to the layer-1 span first (eq. 5 at that position)."""
-        out = []
+    def _layer1_order(self, n: int) -> tuple[list[torch.Tensor], dict[int, float]]:
+        """Candidates per position, closest to the layer-1 span first (eq. 5 at that position),
+        and the separator's residual at each position it passes (length -> residual)."""
+        sep = getattr(self.tokenizer, "sep_token_id", None)
+        out, ends = [], {}
         for i in range(n):
             c = self.candidates[i]
-            if c.numel() > 1:
+            if c.numel():
                 x = self.setup.first.materialize(c[:, None].expand(-1, i + 1).cpu())[:, i]
-                c = c[self.setup.span1.residual(x).argsort().to(c.device)]
+                res = self.setup.span1.residual(x)
+                c, res = c[res.argsort().to(c.device)], res.sort().values
+                if sep is not None and bool((c == sep).any()):
+                    ends[i + 1] = float(res[(c == sep).to(res.device)][0])
             out.append(c)
-        return out
+        return out, ends
 
     def _options(self, n: int) -> list[torch.Tensor]:
         sep = getattr(self.tokenizer, "sep_token_id", None)
@@ -73,6 +89,8 @@ class EncoderSearch(Search):
             c = self.order[i] if i < len(self.order) else self.candidates[i]
             if sep is not None:
                 c = c[c == sep] if i == n - 1 else (c[c != sep] if bool((c != sep).any()) else c)
+            if self.plan:  # the planned sentences alive here, doubled at each widening
+                c = c[: max(1, alive(self.plan, i)) << self.level]
             opts.append(c)
         return opts
 
@@ -112,20 +130,25 @@ class EncoderSearch(Search):
         return res.clamp_min(self.setup.span2.noise).log().sum(-1)
 
     def _descend(self, seq: list[int]) -> tuple[list[int], float, torch.Tensor]:
+        """Sweep the positions, worst layer-2 residual first, each moved at once to its best
+        candidate (one batched forward per position), until a sweep moves nothing."""
         opts = self._options(len(seq))
-        while True:
-            self.budget.check()
-            batch = [list(seq)]
-            for i, c in enumerate(opts):
-                for tok in c.tolist():
-                    if tok != seq[i]:
-                        batch.append(seq[:i] + [tok] + seq[i + 1 :])
-            res = self._residuals(torch.tensor(batch, device=self.setup.device))
-            score = self._score(res)
-            best = int(score.argmin())
-            if best == 0 or float(score[best]) >= float(score[0]):
-                return seq, float(score[0]), res[0]
-            seq = batch[best]
+        res = self._residuals(torch.tensor([seq], device=self.setup.device))[0]
+        score = float(self._score(res))
+        moved = True
+        while moved:
+            moved = False
+            for i in res.argsort(descending=True).tolist():
+                self.budget.check()
+                batch = [seq[:i] + [tok] + seq[i + 1 :] for tok in opts[i].tolist() if tok != seq[i]]
+                if not batch:
+                    continue
+                cand = self._residuals(torch.tensor(batch, device=self.setup.device))
+                scores = self._score(cand)
+                best = int(scores.argmin())
+                if float(scores[best]) < score:
+                    seq, score, res, moved = batch[best], float(scores[best]), cand[best], True
+        return seq, score, res
 
     def _pair(self, seq: list[int], res: torch.Tensor) -> list[int] | None:
         """The best change of the worst position (largest layer-2 residual) jointly with one other
