@@ -15,8 +15,12 @@ closest false ones at 1e-3, three orders of magnitude apart. Two consequences:
   as the upper reference (no false node: the gap is just below the threshold, and every node
   is kept, as before). The split is accepted only when it agrees with the rank budget: a
   decoder's layer-2 gradient holds one direction per distinct prefix, so the nodes below the
-  gap must account for all ``rank`` directions. Then the sentences are the leaves below the
+  gap must be exactly ``rank`` (fewer: a true prefix lies above the gap; more: a false one
+  below it; a pooled classifier's gradient holds fewer directions than prefixes, and so
+  almost never agrees). Then the sentences are the leaves below the
   gap. Otherwise (drift, or a true prefix above the gap) every passing node is kept.
+* The same budget ends the search: once the nodes below the gap account for every direction
+  and every prefix still growing lies above it, nothing true is left to grow (``settled``).
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def choose(
         return Choice([], [], 0)
     cut = _cut(list(nodes.values()), tau)
     kept = {p for p, w in nodes.items() if w <= cut}
-    decisive = len(kept) >= rank and len(kept) < len(nodes)
+    decisive = len(kept) == rank < len(nodes)
     if not decisive:
         kept = set(nodes)
     parents, kept_parents = {p[:-1] for p in nodes}, {p[:-1] for p in kept}
@@ -85,3 +89,12 @@ def choose(
             f"the {rank} layer-2 directions"
         )
     return Choice(out, leaves, len(explained), note)
+
+
+def settled(nodes: dict[tuple[int, ...], float], open_: set[tuple[int, ...]], tau: float, rank: int) -> bool:
+    """The search can stop: the nodes below the gap are exactly the ``rank`` layer-2 directions
+    (one per distinct true prefix) and every prefix still growing lies above it."""
+    if len(nodes) <= rank or not open_:
+        return False
+    cut = _cut(list(nodes.values()), tau)
+    return sum(w <= cut for w in nodes.values()) == rank and all(nodes[p] > cut for p in open_)

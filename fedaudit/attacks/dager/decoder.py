@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from fedaudit.attacks.dager.choice import choose
+from fedaudit.attacks.dager.choice import choose, settled
 from fedaudit.attacks.dager.search import Search
 from fedaudit.attacks.dager.span import CHUNK_BYTES
 
@@ -64,6 +64,8 @@ class DecoderSearch(Search):
             worst = torch.maximum(worst[parent], res)
             keys, values = k_new[ok], v_new[ok]
             self._record(prefixes, worst)
+            if settled(self._nodes, self._open, self.tau, setup.span2.rank):
+                break  # every layer-2 direction is accounted for; what still grows is false
         self._finish(prefixes, worst)
 
     def _extend(self, keys: torch.Tensor, values: torch.Tensor, cand: torch.Tensor):
