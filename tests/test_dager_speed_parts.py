@@ -61,12 +61,17 @@ def test_spectra_without_a_sharp_drop_into_rounding_go_to_the_dense_svd() -> Non
     low = torch.randn(300, 8, generator=gen, dtype=F64) @ torch.randn(8, 900, generator=gen, dtype=F64)
     noisy = low + 1e-3 * torch.randn(300, 900, generator=gen, dtype=F64)  # a drop, but not into rounding
     for g in (full, noisy):
-        assert spectral.low_rank_svd(g) is None
+        assert spectral.low_rank_svd(g.float().double()) is None
         _, s, _ = spectral.left_singular(g)
         torch.testing.assert_close(s, _dense(g)[1], rtol=1e-12, atol=0)
+    low = low.float().double()  # sent in float32: the sketch may run
     u, s, vt = spectral.left_singular(low.T)  # tall: factored through its transpose
     assert u.shape == (900, 300) and vt.shape == (300, 300)
     torch.testing.assert_close(s[:8], _dense(low)[1][:8], rtol=1e-12, atol=0)
+    # Numbers sent in float64: their floor may lie below float32's rounding, where the sketch
+    # reports no values; the dense SVD then, exactly as LAPACK gives it.
+    wide = low.T.contiguous() + 1e-12 * torch.randn(900, 300, generator=gen, dtype=F64)
+    torch.testing.assert_close(spectral.left_singular(wide)[1], _dense(wide)[1], rtol=1e-13, atol=0)
 
 
 def test_the_probe_serves_its_first_batch_again_and_does_not_keep_the_model(observation) -> None:
@@ -78,7 +83,9 @@ def test_the_probe_serves_its_first_batch_again_and_does_not_keep_the_model(obse
     assert setup.probe.inputs(ids).equal(first)
     fresh = Layer2Probe(model, setup.probe.module).inputs(ids)
     assert fresh.equal(first)
-    assert build_setup(observation, cpu, model).probe is setup.probe  # one probe per private model
+    again = build_setup(observation, cpu, model)
+    assert again.probe is setup.probe and again.first is setup.first  # one of each per private model
+    del again
     probe, dead = setup.probe, weakref.ref(model)
     del model, setup
     gc.collect()

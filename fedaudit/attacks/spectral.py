@@ -84,23 +84,23 @@ MAX_POWER = 3
 """Power iterations at most: with q of them the sketch's basis errs by (s_{k+1}/s_k)^(2q+1)
 (ibid., Cor. 10.10), float64-exact after q = 3 for any drop of 180x or more."""
 ROUNDING = float(torch.finfo(torch.float32).eps)
-"""A tail at or below float32's rounding (relative to the top value) is rounding of the numbers
-the update was sent in, whatever their precision (float32 or wider)."""
+"""Relative level (to the top value) at or below which a tail is rounding of numbers sent in float32."""
 _sizes: dict[tuple[int, int], int] = {}
 """Signal count of the last matrix of each shape: where the next sketch starts (a round's clients
 and the two layers of one update have nearly the same rank)."""
 
 
 def left_singular(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD (U, S, V^T) in float64: through ``low_rank_svd`` when the matrix's signal is far
-    narrower than its smaller side (a batch's gradient), otherwise LAPACK's dense SVD; LAPACK's
-    tall path (QR first) is markedly faster than its wide one, so a wide matrix is factored
-    through its transpose."""
+    """Thin SVD (U, S, V^T) in float64: through ``low_rank_svd`` when the matrix was sent in
+    float32 (every entry a float32 number, so no caller reads a gap below float32's rounding) and
+    its signal is far narrower than its smaller side (a batch's gradient); otherwise LAPACK's
+    dense SVD, whose tall path (QR first) is markedly faster than its wide one, so a wide matrix
+    is factored through its transpose."""
     g = matrix.to(F64)
     if g.shape[0] > g.shape[1]:
         v, s, ut = left_singular(g.T)
         return ut.T, s, v.T
-    if g.shape[0] >= SKETCH_MIN and bool(g.any()):
+    if g.shape[0] >= SKETCH_MIN and bool(g.any()) and bool((g.float().double() == g).all()):
         found = low_rank_svd(g)
         if found is not None:
             return found
@@ -119,10 +119,10 @@ def low_rank_svd(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     the true value: within a few percent of it on GPT-2's gradients). Accepted only when the
     drop after the k-th value is sharp enough for that (ratio <= eps^(1/(2 MAX_POWER + 1))), lands
     at float32 rounding or below, and the tail seen does not drop sharply again: every value the
-    sketch did not see is then below the first tail value and below the floor of any update sent
-    in float32 or wider (``spectral_rank`` reads no gap there). Those values are reported as the
-    sketch's last one; U is completed by orthonormal directions of the tail in no particular
-    order, V^T by zero rows (right vectors of rounding, which no caller reads).
+    sketch did not see is then below the first tail value and, for numbers sent in float32 (see
+    ``left_singular``), below their rounding floor, where the rank logic reads no gap. Those
+    values are reported as the sketch's last one; U is completed by orthonormal directions of the
+    tail in no particular order, V^T by zero rows (right vectors of rounding, which no caller reads).
     """
     m, n = g.shape
     size = min(m // 3, int(1.5 * _sizes.get((m, n), 8)) + OVERSAMPLE)

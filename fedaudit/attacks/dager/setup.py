@@ -193,9 +193,10 @@ def rounding_floor(observation: Observation) -> float:
     return min(1.0, eps * weights / max(update, torch.finfo(F64).tiny))
 
 
-_probes: weakref.WeakKeyDictionary[nn.Module, Layer2Probe] = weakref.WeakKeyDictionary()
-"""One probe per private model (``KeptModel`` keeps a model for a round): what it has read at
-those weights serves the round's next clients (``Layer2Probe.inputs``)."""
+_per_model: weakref.WeakKeyDictionary[nn.Module, tuple[Layer2Probe, FirstInputs, int]] = weakref.WeakKeyDictionary()
+"""One probe and one ``FirstInputs`` per private model (``KeptModel`` keeps a model for a round):
+what the probe has read at those weights serves the round's next clients (``Layer2Probe.inputs``),
+and ``Dager`` gets the same tensors back each time as the key of the layer-1 terms it kept."""
 
 
 def build_setup(observation: Observation, device: torch.device, model: nn.Module) -> Setup:
@@ -212,10 +213,11 @@ def build_setup(observation: Observation, device: torch.device, model: nn.Module
     spec = adapter.first_input
     if spec.positions is not None:
         max_len = min(max_len, int(model.get_parameter(spec.positions).shape[0]))
-    first = first_inputs(model, observation, max_len)
-    probe = _probes.get(model)
-    if probe is None or probe.module != adapter.attention_inputs[1].module:
-        probe = _probes[model] = Layer2Probe(model, adapter.attention_inputs[1].module)
+    kept = _per_model.get(model)
+    if kept is None or kept[0].module != adapter.attention_inputs[1].module or kept[2] != max_len:
+        probe = Layer2Probe(model, adapter.attention_inputs[1].module)
+        kept = _per_model[model] = (probe, first_inputs(model, observation, max_len), max_len)
+    probe, first, _ = kept
     return Setup(
         span1=span1,
         span2=span2,
