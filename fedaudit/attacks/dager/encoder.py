@@ -82,14 +82,17 @@ class EncoderSearch(Search):
             out.append(c)
         return out, ends
 
-    def _options(self, n: int) -> list[torch.Tensor]:
+    def _options(self, n: int, widest: bool = False) -> list[torch.Tensor]:
+        """Per position: the candidates a sentence of length n may hold there (the separator
+        last), closest to layer 1 first; all of them if ``widest``, else as many as the planned
+        sentences alive there, doubled at each widening."""
         sep = getattr(self.tokenizer, "sep_token_id", None)
         opts = []
         for i in range(n):
             c = self.order[i] if i < len(self.order) else self.candidates[i]
             if sep is not None:
                 c = c[c == sep] if i == n - 1 else (c[c != sep] if bool((c != sep).any()) else c)
-            if self.plan:  # the planned sentences alive here, doubled at each widening
+            if self.plan and not widest:
                 c = c[: max(1, alive(self.plan, i)) << self.level]
             opts.append(c)
         return opts
@@ -151,18 +154,19 @@ class EncoderSearch(Search):
         return seq, score, res
 
     def _pair(self, seq: list[int], res: torch.Tensor) -> list[int] | None:
-        """The best change of the worst position (largest layer-2 residual) jointly with one other
-        position, or None if none lowers the score."""
+        """The best change of the worst position (largest layer-2 residual), alone or jointly
+        with one other position, or None if none lowers the score. The worst position may take
+        any of its candidates: a true token ranked low at layer 1 shows up here."""
         opts = self._options(len(seq))
         worst = int(res.argmax())
-        # At most a few descent steps' worth of forwards: the other position's candidates closest
-        # to the layer-1 span first (all of them while there are few).
+        pool = [tok for tok in self._options(len(seq), widest=True)[worst].tolist() if tok != seq[worst]]
+        # At most a few descent sweeps' worth of forwards: the other position's candidates
+        # closest to the layer-1 span first (all of them while there are few).
         single = sum(c.numel() - 1 for c in opts)
-        keep = max(1, 4 * single // max(1, (opts[worst].numel() - 1) * (len(seq) - 1)))
+        keep = max(1, 4 * single // max(1, len(pool) * (len(seq) - 1)))
         batch = [list(seq)]
-        for tok in opts[worst].tolist():
-            if tok == seq[worst]:
-                continue
+        for tok in pool:
+            batch.append(seq[:worst] + [tok] + seq[worst + 1 :])
             for j, c in enumerate(opts):
                 if j == worst:
                     continue
