@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from fedaudit.attacks.base import BudgetExceeded
 from fedaudit.attacks.dager.encoder_lengths import alive, plan_lengths
 from fedaudit.attacks.dager.search import Search
 from fedaudit.attacks.dager.span import CHUNK_BYTES
@@ -31,12 +32,22 @@ class EncoderSearch(Search):
         self.order, ends = self._layer1_order(max(lengths, default=0))
         self.plan = plan_lengths(ends, self.setup.span2.rank, self.limit)
         self.level = 0
+        self.current: tuple[list[int], float] | None = None
         gen = torch.Generator().manual_seed(0)
         stalls = {n: 0 for n in lengths}
         lengths.sort(key=lambda m: (m not in self.plan, ends.get(m, 1.0)))
+        try:
+            self._restarts(lengths, stalls, gen)
+        except BudgetExceeded:
+            if self.current is not None:  # the guess in progress is the best one of its length
+                self.rejected.append(self.current)
+            raise
+
+    def _restarts(self, lengths: list[int], stalls: dict[int, int], gen: torch.Generator) -> None:
         while self.explained() < self.setup.span2.rank and lengths:
             self.budget.check()
             n = lengths[0]
+            self.current = None
             self.level = stalls[n] // 2  # widen the options every second failure
             seq, worst = self._solve(self._start(n, gen, stalls[n]))
             if worst < self.tau and seq not in [s for s, _ in self.found]:
@@ -151,6 +162,7 @@ class EncoderSearch(Search):
                 best = int(scores.argmin())
                 if float(scores[best]) < score:
                     seq, score, res, moved = batch[best], float(scores[best]), cand[best], True
+                    self.current = (seq, float(res.max()))
         return seq, score, res
 
     def _pair(self, seq: list[int], res: torch.Tensor) -> list[int] | None:
@@ -189,6 +201,28 @@ class EncoderSearch(Search):
             self.budget.check()
             parts.append(self.setup.span2.residual(self.setup.probe.inputs(ids[s : s + rows])))
         return torch.cat(parts)
+
+    def best(self) -> list[list[int]]:
+        """Verified sentences, then the closest unverified guess of each planned length still
+        missing one, then the other guesses: at most ``limit`` distinct sentences."""
+        verified = [seq for seq, _ in sorted(self.found, key=lambda item: item[1])]
+        guesses = [seq for seq, _ in sorted(self.rejected, key=lambda item: item[1]) if seq not in verified]
+        missing = list(getattr(self, "plan", []))
+        for seq in verified:
+            if len(seq) in missing:
+                missing.remove(len(seq))
+        picked: list[list[int]] = []
+        for n in missing:
+            guess = next((seq for seq in guesses if len(seq) == n and seq not in picked), None)
+            if guess is None and hasattr(self, "order"):  # no search got that far: the layer-1 guess
+                guess = self._start(n, torch.Generator(), 0)
+            if guess is not None:
+                picked.append(guess)
+        out: list[list[int]] = []
+        for seq in verified + picked + guesses:
+            if seq not in out:
+                out.append(seq)
+        return out[: self.limit]
 
     def explained(self) -> int:
         """Each distinct verified sentence holds one distinct layer-2 input vector per position."""
