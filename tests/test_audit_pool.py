@@ -85,7 +85,8 @@ def test_a_dager_audit_past_its_budget_is_stopped_within_the_grace(cola_path) ->
     auditor = Auditor([REGISTRY.make("dager", "cpu")], budget_seconds=1.0)
     started = time.monotonic()
     (record,) = auditor.audit(observation, truth)
-    assert record.status == "timeout", record.reason
+    # Stopped by the pool, or DAGER noticed its budget itself: a timeout, or what it had verified by then.
+    assert record.status == "timeout" or "time budget ran out" in record.reason, record.reason
     assert record.seconds <= 1.0 + 2.0 and time.monotonic() - started < 60
     assert _idle_after(record.diagnostics["worker_pid"])
 

@@ -23,6 +23,8 @@ KEEP_BYTES = 2 * 2**30
 
 
 def _same(a: Any, b: Any) -> bool:
+    if a is b:  # the kept first-layer inputs of a round's private model: no full compare of the embedding
+        return True
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and bool(torch.equal(a, b))
     return a == b if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor) else False
@@ -85,8 +87,8 @@ class Dager(Attack):
             return verdict.layer1_inseparable(observation, setup.span1, passing, diag)
         tau2 = self._layer2_threshold(observation, setup, candidates, present1, diag)
         outcome = self._search(observation, setup, tau2, candidates, budget, diag)
-        if outcome.ran_out and not outcome.found:  # nothing verified in time: a timeout, not a verdict
-            raise BudgetExceeded(stage="during the layer-2 search, with no sentence verified")
+        if outcome.ran_out and not outcome.sequences:  # nothing in hand when time ran out: a timeout, not a verdict
+            raise BudgetExceeded(stage="during the layer-2 search, with no sentence verified or guessed")
         outcome.tokens = tokens
         return verdict.verdict(observation, setup.span1, setup.span2, outcome, diag)
 

@@ -165,9 +165,9 @@ def split_at_gap(residuals: torch.Tensor, floor: float, rank: int) -> tuple[floa
     batch's tokens (at most about ``rank`` distinct ones; 2 * rank allows for dependent vectors)
     with a position, so the gap lies among the 2 * (rank + 1) * positions smallest residuals.
     """
-    values = residuals.flatten().clamp_min(max(floor, torch.finfo(F64).eps)).log()
-    keep = min(values.numel(), 2 * (rank + 1) * residuals.shape[1])
-    low = values.topk(keep, largest=False).values
+    flat = residuals.flatten()
+    keep = min(flat.numel(), 2 * (rank + 1) * residuals.shape[1])
+    low = flat.topk(keep, largest=False).values.clamp_min(max(floor, torch.finfo(F64).eps)).log()
     gaps = low[1:] - low[:-1]
     if gaps.numel() == 0:
         return float(low[0].exp()), 1.0

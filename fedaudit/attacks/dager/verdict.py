@@ -101,6 +101,11 @@ def _shortfalls(observation: Observation, s1: Span, s2: Span, outcome: SearchOut
         )
     elif found < expected:
         reasons.append(f"{found} of {expected} sentences verified")
+    if len(outcome.sequences) > found:
+        reasons.append(
+            f"{_count(len(outcome.sequences) - found, 'sentence')} returned unverified: the search's best "
+            "guesses (lowest layer-2 residual), scored as they are"
+        )
     return reasons
 
 
