@@ -154,7 +154,7 @@ def verdict(
         reason = (
             f"{'the sentence passes' if one else f'all {len(sequences)} sentences pass'} the layer-1 and "
             f"layer-2 span checks and explain{'s' if one else ''} all {s2.rank} directions of the layer-2 gradient"
-        )
+        ) + (f"; {outcome.choice}" if outcome.choice else "")
     else:
         reason = "; ".join(reasons) or "no sentence passed the layer-2 span check"
     return Reconstruction(status, reason, tokens=outcome.tokens, sequences=sequences, diagnostics=diag)
