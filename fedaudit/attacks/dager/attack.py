@@ -79,8 +79,8 @@ class Dager(Attack):
         diag = self._diagnostics(observation, setup, time.perf_counter() - started)
         if setup.span1.full or setup.span2.full:
             return verdict.span_full(observation, setup.span1, setup.span2, diag)
-        noisy = observation.gradient_noise_std > 0
-        candidates, tokens, present1, passing = self._layer1(setup, diag, observation.protocol.num_examples * noisy)
+        nearest = observation.protocol.num_examples if observation.gradient_noise_std > 0 else 0
+        candidates, tokens, present1, passing = self._layer1(setup, diag, nearest)
         if not tokens:
             return Reconstruction("failed", "no vocabulary token passes the layer-1 span check", diagnostics=diag)
         if diag["closest_absent_layer1"] <= present1:  # every residual sits at the noise ratio

@@ -18,7 +18,7 @@ from fedaudit.attacks.dager.span import F64, Span, estimate_span
 from fedaudit.models.probe import Layer2Probe
 
 if TYPE_CHECKING:
-    from fedaudit.models.adapters import AttentionInput
+    from fedaudit.models.adapters import AttentionInput, Projection
 
 
 def input_span(
@@ -60,18 +60,18 @@ def input_span(
             rounding=_transposed(rounding_std(observation, proj.lora_a)),
             source=f"{proj.lora_a} (layer {layer})",
         )
-    grads = [observation.gradient(p.weight) for p in entry.projections if p.weight in observation.update]
-    grads = [g if p.in_features_first else g.T for p, g in zip(entry.projections, grads)]
-    names = ", ".join(p.weight for p in entry.projections if p.weight in observation.update)
     sent = [p for p in entry.projections if p.weight in observation.update]
+
+    def input_side(t: torch.Tensor, p: Projection) -> torch.Tensor:
+        return t if p.in_features_first else t.T
+
+    grads = [input_side(observation.gradient(p.weight), p) for p in sent]
     stds = [rounding_std(observation, p.weight) for p in sent]
-    rounding = (
-        None if stds[0] is None else torch.cat([s if p.in_features_first else s.T for p, s in zip(sent, stds)], 1)
-    )
+    rounding = None if stds[0] is None else torch.cat([input_side(s, p) for p, s in zip(sent, stds)], 1)
     return estimate_span(
         torch.cat(grads, dim=1).to(device),
         floor,
-        source=f"{names} (layer {layer})",
+        source=f"{', '.join(p.weight for p in sent)} (layer {layer})",
         min_rank=min_rank,
         noise_std=noise,
         drift=drift,
