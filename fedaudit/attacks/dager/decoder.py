@@ -8,7 +8,6 @@ import torch
 
 from fedaudit.attacks.dager.choice import choose, settled
 from fedaudit.attacks.dager.search import Search
-from fedaudit.attacks.dager.span import CHUNK_BYTES
 
 
 class DecoderSearch(Search):
@@ -69,23 +68,9 @@ class DecoderSearch(Search):
         self._finish(prefixes, worst)
 
     def _extend(self, keys: torch.Tensor, values: torch.Tensor, cand: torch.Tensor):
-        """Every prefix x every candidate, in memory-bounded chunks over cached first-layer states."""
-        n_pref, n_cand = keys.shape[0], cand.numel()
-        parent = torch.arange(n_pref, device=cand.device).repeat_interleave(n_cand)
-        token = cand.repeat(n_pref)
-        row_bytes = (
-            3 * (keys[0].numel() + values[0].numel()) * keys.element_size() + 64 * keys.shape[1] * keys.shape[-1] * 8
-        )
-        rows = max(1, CHUNK_BYTES // row_bytes)
-        res, ks, vs = [], [], []
-        for start in range(0, parent.numel(), rows):
-            self.budget.check()
-            p, tok = parent[start : start + rows], token[start : start + rows]
-            x, k, v = self.setup.probe.extend(tok[:, None], keys[p], values[p])
-            res.append(self.setup.span2.residual(x[:, -1]))
-            ks.append(k)
-            vs.append(v)
-        return parent, token, torch.cat(res), torch.cat(ks), torch.cat(vs)
+        """Every prefix x every candidate (``Search.extensions``), all chunks together."""
+        parts = list(zip(*self.extensions(keys, values, cand)))
+        return tuple(torch.cat(part) for part in parts)
 
     def _record(self, prefixes: torch.Tensor, worst: torch.Tensor) -> None:
         """Kept prefixes become tree nodes, open until their extensions have been checked."""

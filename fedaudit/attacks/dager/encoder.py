@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from fedaudit.attacks.base import BudgetExceeded
+from fedaudit.attacks.dager.encoder_beam import read_left_to_right
 from fedaudit.attacks.dager.encoder_lengths import alive, plan_lengths
 from fedaudit.attacks.dager.search import Search
 from fedaudit.attacks.dager.span import CHUNK_BYTES
@@ -14,8 +15,11 @@ from fedaudit.attacks.dager.span import CHUNK_BYTES
 class EncoderSearch(Search):
     """Bidirectional layer 2 sees the whole sentence: search the per-position candidates jointly.
 
-    For each sentence length (the positions where the separator token is a candidate), start
-    from a guess built from candidates no verified sentence explains yet, preferring those
+    First the planned lengths' sentences are read left to right (``encoder_beam``): those that
+    pass are verified, the best of the others are repaired (only failing positions move, over
+    all their candidates) and start the descents below. Then, for each sentence length (the
+    positions where the separator token is a candidate), start from a guess built from
+    candidates no verified sentence explains yet, preferring those
     closest to the layer-1 span at that position (a token present elsewhere in the batch passes
     layer 1 at every position, only slightly farther). Then descend: move one position at a
     time to the candidate that lowers the summed log layer-2 residual most (all single-position
@@ -33,6 +37,12 @@ class EncoderSearch(Search):
         self.plan = plan_lengths(ends, self.setup.span2.rank, self.limit)
         self.level = 0
         self.current: tuple[list[int], float] | None = None
+        self.seeds: dict[int, list[list[int]]] = {}
+        try:
+            self._read_left_to_right()
+        except BudgetExceeded:
+            self.rejected += [(seq, 1.0) for group in self.seeds.values() for seq in group]
+            raise
         gen = torch.Generator().manual_seed(0)
         stalls = {n: 0 for n in lengths}
         lengths.sort(key=lambda m: (m not in self.plan, ends.get(m, 1.0)))
@@ -49,7 +59,9 @@ class EncoderSearch(Search):
             n = lengths[0]
             self.current = None
             self.level = stalls[n] // 2  # widen the options every second failure
-            seq, worst = self._solve(self._start(n, gen, stalls[n]))
+            seeded = bool(self.seeds.get(n))
+            start = self._start(n, gen, stalls[n])
+            seq, worst = self._solve(self._repair(start) if seeded else start)
             if worst < self.tau and seq not in [s for s, _ in self.found]:
                 self.found.append((seq, worst))
                 stalls[n] = 0
@@ -115,9 +127,33 @@ class EncoderSearch(Search):
         used = self._used()
         return sum(1 for i, c in enumerate(self._options(n)) for tok in c.tolist() if (i, tok) not in used)
 
+    def _read_left_to_right(self) -> None:
+        """Sentences of the planned lengths read left to right (``encoder_beam``): each that
+        passes the whole-sentence check is verified, the others (closest first, twice as many as
+        planned) start descents."""
+        sep = getattr(self.tokenizer, "sep_token_id", None)
+        if sep is None or not self.plan:
+            return
+        finished = read_left_to_right(self, self.order, sep, set(self.plan))
+        for n in sorted(set(self.plan)):
+            group = [seq for seq, _ in finished if len(seq) == n]
+            if not group:
+                continue
+            res = self._residuals(torch.tensor(group, device=self.setup.device))
+            worst, score = res.max(-1).values.tolist(), self._score(res)
+            for j in score.argsort().tolist():  # closest to the span first
+                seq, w = group[j], worst[j]
+                if w < self.tau and seq not in [s for s, _ in self.found]:
+                    self.found.append((seq, w))
+                elif w >= self.tau and len(self.seeds.get(n, [])) < 2 * self.plan.count(n):
+                    self.seeds.setdefault(n, []).append(seq)
+
     def _start(self, n: int, gen: torch.Generator, attempt: int) -> list[int]:
-        """First attempt: at each position the unexplained candidate closest to the layer-1 span;
-        later ones draw among the unexplained candidates at random."""
+        """A sentence read left to right first, while any is left; then at each position the
+        unexplained candidate closest to the layer-1 span; later ones draw among the unexplained
+        candidates at random."""
+        if self.seeds.get(n):
+            return self.seeds[n].pop(0)
         used = self._used()
         seq = []
         for i, c in enumerate(self._options(n)):
@@ -126,6 +162,33 @@ class EncoderSearch(Search):
             pick = 0 if attempt == 0 else int(torch.randint(len(pool), (1,), generator=gen))
             seq.append(pool[pick])
         return seq
+
+    def _repair(self, seq: list[int]) -> list[int]:
+        """A sentence read left to right is mostly right: move only the positions that fail the
+        check, worst first, each to the best of all its candidates, until none helps."""
+        opts = self._options(len(seq), widest=True)
+        res = self._residuals(torch.tensor([seq], device=self.setup.device))[0]
+        best: tuple[list[int], float, torch.Tensor] | None = (seq, float(self._score(res)), res)
+        while best is not None:
+            seq, score, res = best
+            self.current = (seq, float(res.max()))
+            best = None
+            for i in res.argsort(descending=True).tolist():
+                if float(res[i]) < self.tau:
+                    break
+                best = self._better(self._moves(seq, i, opts[i]), score)
+                if best is not None:
+                    break
+        return seq
+
+    def _better(self, batch: list[list[int]], score: float) -> tuple[list[int], float, torch.Tensor] | None:
+        """The best of ``batch`` (sequence, score, residuals) if it scores below ``score``."""
+        if not batch:
+            return None
+        cand = self._residuals(torch.tensor(batch, device=self.setup.device))
+        scores = self._score(cand)
+        best = int(scores.argmin())
+        return (batch[best], float(scores[best]), cand[best]) if float(scores[best]) < score else None
 
     def _solve(self, seq: list[int]) -> tuple[list[int], float]:
         """Descend, then leave each local minimum by the best joint change of two positions."""
@@ -154,16 +217,16 @@ class EncoderSearch(Search):
             moved = False
             for i in res.argsort(descending=True).tolist():
                 self.budget.check()
-                batch = [seq[:i] + [tok] + seq[i + 1 :] for tok in opts[i].tolist() if tok != seq[i]]
-                if not batch:
-                    continue
-                cand = self._residuals(torch.tensor(batch, device=self.setup.device))
-                scores = self._score(cand)
-                best = int(scores.argmin())
-                if float(scores[best]) < score:
-                    seq, score, res, moved = batch[best], float(scores[best]), cand[best], True
+                better = self._better(self._moves(seq, i, opts[i]), score)
+                if better is not None:
+                    (seq, score, res), moved = better, True
                     self.current = (seq, float(res.max()))
         return seq, score, res
+
+    @staticmethod
+    def _moves(seq: list[int], i: int, options: torch.Tensor) -> list[list[int]]:
+        """``seq`` with position ``i`` changed to each other option."""
+        return [seq[:i] + [tok] + seq[i + 1 :] for tok in options.tolist() if tok != seq[i]]
 
     def _pair(self, seq: list[int], res: torch.Tensor) -> list[int] | None:
         """The best change of the worst position (largest layer-2 residual), alone or jointly

@@ -3,6 +3,7 @@ verified sentences). The decoder and encoder searches are ``decoder.py`` and ``e
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from fedaudit.attacks.base import Budget
 from fedaudit.attacks.dager.layer1 import FirstInputs
-from fedaudit.attacks.dager.span import Span
+from fedaudit.attacks.dager.span import CHUNK_BYTES, Span
 from fedaudit.models.probe import Layer2Probe
 
 
@@ -69,3 +70,22 @@ class Search:
         if int(keep.sum()) > self.limit:
             keep = keep & (res <= res[keep].kthvalue(self.limit).values)
         return keep
+
+    def extensions(
+        self, keys: torch.Tensor, values: torch.Tensor, cand: torch.Tensor
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Every prefix x every candidate, in memory-bounded chunks over the prefixes' cached
+        first-layer keys and values: per chunk (parent, token, layer-2 residual of the new last
+        position, extended keys, extended values)."""
+        n_pref, n_cand = keys.shape[0], cand.numel()
+        parent = torch.arange(n_pref, device=cand.device).repeat_interleave(n_cand)
+        token = cand.repeat(n_pref)
+        row_bytes = (
+            3 * (keys[0].numel() + values[0].numel()) * keys.element_size() + 64 * keys.shape[1] * keys.shape[-1] * 8
+        )
+        rows = max(1, CHUNK_BYTES // row_bytes)
+        for start in range(0, parent.numel(), rows):
+            self.budget.check()
+            p, tok = parent[start : start + rows], token[start : start + rows]
+            x, k, v = self.setup.probe.extend(tok[:, None], keys[p], values[p])
+            yield p, tok, self.setup.span2.residual(x[:, -1]), k, v
