@@ -69,7 +69,7 @@ def test_each_lineage_keeps_its_best_prefixes() -> None:
     }
 
 
-def test_four_full_length_sst2_sentences_are_read_left_to_right_and_verified(sst2_validation_path) -> None:
+def test_four_full_length_sst2_sentences_are_recovered_exactly(sst2_validation_path) -> None:
     for rec, truth, observation in _runs(sst2_validation_path, 4, 1):
         assert rec.status == "exact", rec.reason
         assert sorted(rec.sequences) == sorted(truth.sequences())
