@@ -75,20 +75,21 @@ def _extend(
 ) -> tuple[torch.Tensor, ...]:
     """Every prefix extended by every candidate; each lineage keeps its ``PER_LINEAGE`` best
     (without lineages yet, every extension starts one)."""
-    parts = []
+    parts, offset = [], 0
     for parent, token, res, k, v in search.extensions(keys, values, cand):
         total = score[parent] + res.clamp_min(floor).log()
         rows = torch.cat([prefixes[parent], token[:, None]], dim=1)
-        line = torch.arange(parent.numel(), device=parent.device) if lineage is None else lineage[parent]
+        if lineage is None:  # numbered across chunks: each extension is its own lineage
+            line = torch.arange(offset, offset + parent.numel(), device=parent.device)
+        else:
+            line = lineage[parent]
+        offset += parent.numel()
         parts.append(per_lineage(rows, total, k, v, line))
         if len(parts) > 1:  # bounded memory: only each lineage's best rows are held between chunks
             parts = [per_lineage(*(torch.cat(part) for part in zip(*parts)))]
     if not parts:
         return prefixes[:0], score[:0], keys[:0], values[:0], prefixes[:0, 0]
-    rows, total, k, v, line = parts[0]
-    if lineage is None:
-        line = torch.arange(rows.shape[0], device=rows.device)
-    return rows, total, k, v, line
+    return parts[0]
 
 
 def per_lineage(*rows: torch.Tensor, keep: int = PER_LINEAGE) -> tuple[torch.Tensor, ...]:
