@@ -15,9 +15,10 @@ from fedaudit.attacks.dager.span import CHUNK_BYTES
 class EncoderSearch(Search):
     """Bidirectional layer 2 sees the whole sentence: search the per-position candidates jointly.
 
-    First the planned lengths' sentences are read left to right (``encoder_beam``): those that
-    pass are verified, the best of the others are repaired (only failing positions move, over
-    all their candidates) and start the descents below. Then, for each sentence length (the
+    First sentences are read left to right (``encoder_beam``) and finished at every candidate
+    end: those that pass are verified, the best of the others of the planned lengths are
+    repaired (only failing positions move, over all their candidates) and start the descents
+    below. Then, for each sentence length (the
     positions where the separator token is a candidate), start from a guess built from
     candidates no verified sentence explains yet, preferring those
     closest to the layer-1 span at that position (a token present elsewhere in the batch passes
@@ -39,7 +40,7 @@ class EncoderSearch(Search):
         self.current: tuple[list[int], float] | None = None
         self.seeds: dict[int, list[list[int]]] = {}
         try:
-            self._read_left_to_right()
+            self._read_left_to_right(lengths)
         except BudgetExceeded:
             self.rejected += [(seq, 1.0) for group in self.seeds.values() for seq in group]
             raise
@@ -127,16 +128,17 @@ class EncoderSearch(Search):
         used = self._used()
         return sum(1 for i, c in enumerate(self._options(n)) for tok in c.tolist() if (i, tok) not in used)
 
-    def _read_left_to_right(self) -> None:
-        """Sentences of the planned lengths read left to right (``encoder_beam``): each that
-        passes the whole-sentence check is verified, the others (closest first, twice as many as
-        planned) start descents."""
+    def _read_left_to_right(self, lengths: list[int]) -> None:
+        """Sentences read left to right (``encoder_beam``), finished at every candidate end: the
+        plan is a guess, but a finished sentence's separator is read exactly, so the sentences
+        whose separator passes go to the whole-sentence check, at any length. The best others of
+        the planned lengths (closest first, twice as many as planned) start descents."""
         sep = getattr(self.tokenizer, "sep_token_id", None)
         if sep is None or not self.plan:
             return
-        finished = read_left_to_right(self, self.order, sep, set(self.plan))
-        for n in sorted(set(self.plan)):
-            group = [seq for seq, _ in finished if len(seq) == n]
+        finished = read_left_to_right(self, self.order, sep, set(lengths))
+        for n in sorted(set(lengths)):
+            group = [seq for seq, last in finished if len(seq) == n and (n in self.plan or last < self.tau)]
             if not group:
                 continue
             res = self._residuals(torch.tensor(group, device=self.setup.device))
