@@ -18,11 +18,10 @@ class EncoderSearch(Search):
     First sentences are read left to right (``encoder_beam``) and finished at every candidate
     end: those that pass are verified, the best of the others of the planned lengths are
     repaired (only failing positions move, over all their candidates) and start the descents
-    below. Then, for each sentence length (the
-    positions where the separator token is a candidate), start from a guess built from
-    candidates no verified sentence explains yet, preferring those
-    closest to the layer-1 span at that position (a token present elsewhere in the batch passes
-    layer 1 at every position, only slightly farther). Then descend: move one position at a
+    below. Then, for each sentence length (the positions where the separator token is a
+    candidate), start from a guess built from candidates no verified sentence explains yet,
+    preferring those closest to the layer-1 span at that position (a token present elsewhere
+    in the batch passes layer 1 at every position, only slightly farther). Then descend: move one position at a
     time to the candidate that lowers the summed log layer-2 residual most (all single-position
     changes scored in one batched forward), until no move helps. One wrong token lifts every
     position's layer-2 residual, so two wrong tokens that fit each other (a phrase of another

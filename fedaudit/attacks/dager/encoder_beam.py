@@ -10,7 +10,7 @@ token lies closest among all of a position's layer-1 candidates at most position
 on pretrained MiniLM-L6, one SST-2 validation batch of 8: closest at 84% of 160 positions, in
 the top 3 at 91%, of about 100 candidates each). Read whole, with the rest of the sentence
 wrong, the same token ranks no better than in the layer-1 order. So each lineage keeps a few
-prefixes, and each sentence it finishes (a separator at a planned length) goes to the
+prefixes, and each sentence it finishes (a separator where one is a candidate) goes to the
 whole-sentence check, or, mostly right, starts a descent there (``EncoderSearch``).
 """
 
