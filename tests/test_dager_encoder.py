@@ -4,6 +4,7 @@ validation batches (median 24 WordPiece tokens, up to 55), far longer than CoLA'
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch
 from fedaudit.attacks import Budget
 from fedaudit.attacks.dager import Dager
 from fedaudit.attacks.dager.encoder_beam import per_lineage
+from fedaudit.attacks.dager.encoder_reread import own_residuals, reread, shifted
 from fedaudit.attacks.dager.setup import KeptModel, build_setup
 from fedaudit.audit.scoring import score
 from tests.helpers import client_updates, scenario
@@ -74,3 +76,62 @@ def test_four_full_length_sst2_sentences_are_recovered_exactly(sst2_validation_p
         assert rec.status == "exact", rec.reason
         assert sorted(rec.sequences) == sorted(truth.sequences())
         assert min(len(s) for s in truth.sequences()) >= 18  # full-length review sentences, not CoLA's
+
+
+@pytest.fixture(scope="module")
+def four_sentences(sst2_validation_path):
+    """A MiniLM-L6 client of 4 SST-2 validation sentences, its attack setup and the batch's tokens."""
+    observation, truth = client_updates(
+        scenario(f"data.source={sst2_validation_path}", "training.batch_size=4", *MINILM), 1
+    )[0]
+    cpu = torch.device("cpu")
+    setup = build_setup(observation, cpu, KeptModel().get(observation, cpu))
+    return SimpleNamespace(setup=setup, budget=Budget(120)), truth.sequences()
+
+
+def _every_batch_token(sentences: list[list[int]], n: int) -> list[torch.Tensor]:
+    """What layer 1 passes on a pretrained BERT at B >= 4: every token of the batch at every
+    position (the first and last positions kept to the sentence's own)."""
+    pool = torch.tensor(sorted({t for s in sentences for t in s[1:-1]}))
+    longest = max(sentences, key=len)
+    return [torch.tensor([longest[0]])] + [pool] * (n - 2) + [torch.tensor([longest[-1]])]
+
+
+def test_each_single_change_is_read_exactly_where_it_sits(four_sentences) -> None:
+    """Every candidate at every position, read through the rest of the sentence's cache with its
+    own position id, gives the layer-2 residual a whole forward of the changed sentence gives."""
+    search, sentences = four_sentences
+    seq = max(sentences, key=len)
+    options = _every_batch_token(sentences, len(seq))
+    own = own_residuals(search, seq, options)
+    for i in (1, len(seq) // 2, len(seq) - 2):
+        tokens, res = own[i]
+        assert tokens.numel() == options[i].numel()
+        changed = torch.tensor([seq[:i] + [int(t)] + seq[i + 1 :] for t in tokens[:8]])
+        whole = search.setup.span2.residual(search.setup.probe.inputs(changed))[:, i]
+        torch.testing.assert_close(res[:8], whole, rtol=1e-4, atol=1e-6)
+        assert float(res[tokens == seq[i]][0]) < 1e-5 < float(res.median())
+
+
+def test_a_quarter_of_a_sentence_read_from_the_others_is_read_back(four_sentences) -> None:
+    """Every fourth position holds another sentence's token there (the confusion layer 1 leaves):
+    re-reading in place recovers the sentence exactly."""
+    search, sentences = four_sentences
+    seq = max(sentences, key=len)
+    other = [s for s in sentences if s != seq]
+    guess = list(seq)
+    for k, i in enumerate(range(2, len(seq) - 1, 4)):
+        donor = other[k % len(other)]
+        guess[i] = donor[i] if i < len(donor) - 1 and donor[i] != seq[i] else seq[i - 1]
+    assert sum(a != b for a, b in zip(guess, seq)) >= len(seq) // 5
+    assert reread(search, guess, _every_batch_token(sentences, len(seq))) == seq
+
+
+def test_a_stretch_read_a_position_early_or_late_is_among_the_shifts() -> None:
+    truth = [101, 5, 6, 7, 8, 9, 10, 11, 102]
+    early = [101, 5, 7, 8, 9, 10, 10, 11, 102]  # 6 skipped, 7..10 one position early, 10 twice
+    late = [101, 5, 6, 6, 7, 8, 9, 11, 102]  # 7..9 one position late, 10 skipped
+    for guess in (early, late):
+        moves = shifted(guess)
+        assert any(all(m[i] == truth[i] for i in range(len(truth)) if i not in vacated) for m, vacated in moves), guess
+        assert all(len(m) == len(guess) and m[0] == 101 and m[-1] == 102 for m, _ in moves)

@@ -65,12 +65,18 @@ class Layer2Probe:
         return x, cache.layers[0].keys, cache.layers[0].values
 
     def extend(
-        self, input_ids: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Second-layer inputs of ``input_ids`` (B, m) appended to prefixes whose first-layer
-        ``keys``/``values`` are given (one prefix per row), and the extended keys and values."""
+        ``keys``/``values`` are given (one prefix per row), and the extended keys and values.
+        ``positions`` (B, m): the new tokens' position ids, where they are not the next ones
+        (an encoder's cached keys are a set: any position may be the one left out)."""
         cache = DynamicCache(ddp_cache_data=[(keys, values)])
-        x = self._run(input_ids, cache)
+        x = self._run(input_ids, cache, positions)
         return x, cache.layers[0].keys, cache.layers[0].values
 
     @contextmanager
@@ -84,11 +90,19 @@ class Layer2Probe:
         finally:
             handle.remove()
 
-    def _run(self, input_ids: torch.Tensor, cache: DynamicCache | None) -> torch.Tensor:
+    def _run(
+        self, input_ids: torch.Tensor, cache: DynamicCache | None, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         mask = None if cache is not None else torch.ones_like(input_ids)
         with self._hooked(), torch.no_grad():
             try:
-                self.model(input_ids=input_ids, attention_mask=mask, past_key_values=cache, use_cache=cache is not None)
+                self.model(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=cache is not None,
+                )
             except _Captured as captured:
                 return captured.value
         raise RuntimeError(f"the forward pass never reached {self.module}")

@@ -8,27 +8,33 @@ import torch
 from fedaudit.attacks.base import BudgetExceeded
 from fedaudit.attacks.dager.encoder_beam import read_left_to_right
 from fedaudit.attacks.dager.encoder_lengths import alive, plan_lengths
+from fedaudit.attacks.dager.encoder_reread import reread, shifted
 from fedaudit.attacks.dager.search import Search
 from fedaudit.attacks.dager.span import CHUNK_BYTES
+
+SHIFTS_READ = 4
+"""Shifted guesses re-read per local minimum (the closest ones by their unmoved positions)."""
 
 
 class EncoderSearch(Search):
     """Bidirectional layer 2 sees the whole sentence: search the per-position candidates jointly.
 
     First sentences are read left to right (``encoder_beam``) and finished at every candidate
-    end: those that pass are verified, the best of the others of the planned lengths are
-    repaired (only failing positions move, over all their candidates) and start the descents
+    end: those that pass are verified, the best others of the planned lengths start the search
     below. Then, for each sentence length (the positions where the separator token is a
     candidate), start from a guess built from candidates no verified sentence explains yet,
-    preferring those closest to the layer-1 span at that position (a token present elsewhere
-    in the batch passes layer 1 at every position, only slightly farther). Then descend: move one position at a
-    time to the candidate that lowers the summed log layer-2 residual most (all single-position
-    changes scored in one batched forward), until no move helps. One wrong token lifts every
-    position's layer-2 residual, so two wrong tokens that fit each other (a phrase of another
-    sentence) form a local minimum no single move leaves: there, change the worst position and
-    one other jointly (``_pair``) and descend again while that helps. A sentence whose every
-    position passes the layer-2 check is verified. Restarts continue until the verified
-    sentences explain the layer-2 rank or the budget runs out.
+    preferring those closest to the layer-1 span at that position (a token present elsewhere in
+    the batch passes layer 1 at every position, only slightly farther). Each guess is re-read in
+    place (``encoder_reread``: every single-position change read exactly, the half that gain
+    most moved together), then descends: one position at a time moves to the candidate that
+    lowers the summed log layer-2 residual most (all its changes scored in one batched forward),
+    until no move helps. One wrong token lifts every position's layer-2 residual, so a true
+    stretch read a position or two off, or two wrong tokens that fit each other (a phrase of
+    another sentence), form local minima no single move leaves: there, shift a stretch
+    (``_shift``) or change the worst position and one other jointly (``_pair``), and descend
+    again while that helps. A sentence whose every position passes the layer-2 check is
+    verified. Restarts continue until the verified sentences explain the layer-2 rank or the
+    budget runs out.
     """
 
     def run(self) -> None:
@@ -59,9 +65,8 @@ class EncoderSearch(Search):
             n = lengths[0]
             self.current = None
             self.level = stalls[n] // 2  # widen the options every second failure
-            seeded = bool(self.seeds.get(n))
             start = self._start(n, gen, stalls[n])
-            seq, worst = self._solve(self._repair(start) if seeded else start)
+            seq, worst = self._solve(reread(self, start, self._options(n, widest=True)))
             if worst < self.tau and seq not in [s for s, _ in self.found]:
                 self.found.append((seq, worst))
                 stalls[n] = 0
@@ -164,24 +169,6 @@ class EncoderSearch(Search):
             seq.append(pool[pick])
         return seq
 
-    def _repair(self, seq: list[int]) -> list[int]:
-        """A sentence read left to right is mostly right: move only the positions that fail the
-        check, worst first, each to the best of all its candidates, until none helps."""
-        opts = self._options(len(seq), widest=True)
-        res = self._residuals(torch.tensor([seq], device=self.setup.device))[0]
-        best: tuple[list[int], float, torch.Tensor] | None = (seq, float(self._score(res)), res)
-        while best is not None:
-            seq, score, res = best
-            self.current = (seq, float(res.max()))
-            best = None
-            for i in res.argsort(descending=True).tolist():
-                if float(res[i]) < self.tau:
-                    break
-                best = self._better(self._moves(seq, i, opts[i]), score)
-                if best is not None:
-                    break
-        return seq
-
     def _better(self, batch: list[list[int]], score: float) -> tuple[list[int], float, torch.Tensor] | None:
         """The best of ``batch`` (sequence, score, residuals) if it scores below ``score``."""
         if not batch:
@@ -192,31 +179,55 @@ class EncoderSearch(Search):
         return (batch[best], float(scores[best]), cand[best]) if float(scores[best]) < score else None
 
     def _solve(self, seq: list[int]) -> tuple[list[int], float]:
-        """Descend, then leave each local minimum by the best joint change of two positions."""
+        """Descend, then leave each local minimum by the best shift of a stretch or, failing
+        that, the best joint change of two positions, and descend again while that helps."""
         seq, score, res = self._descend(seq)
         while float(res.max()) >= self.tau:
-            moved = self._pair(seq, res)
-            if moved is None:
+            cand = None
+            for escape in (self._shift, self._pair):
+                moved = escape(seq, res)
+                cand = self._descend(moved) if moved is not None else None
+                if cand is not None and cand[1] < score:
+                    break
+            if cand is None or cand[1] >= score:
                 break
-            cand, cand_score, cand_res = self._descend(moved)
-            if cand_score >= score:
-                break
-            seq, score, res = cand, cand_score, cand_res
+            seq, score, res = cand
         return seq, float(res.max())
+
+    def _shift(self, seq: list[int], res: torch.Tensor) -> list[int] | None:
+        """The best guess with one stretch moved a position or two (``shifted``), or None.
+        Position embeddings move a pretrained encoder's reading little, so a guess often holds
+        a true stretch one or two positions off. Ranked by the summed log residual of the
+        positions not vacated; the few best are re-read (which fills the vacated ones)."""
+        moves = shifted(seq)
+        if not moves:
+            return None
+        logs = self._residuals(torch.tensor([m for m, _ in moves], device=self.setup.device))
+        logs = logs.clamp_min(self.setup.span2.noise).log()
+        for row, (_, vacated) in enumerate(moves):
+            logs[row, vacated] = 0.0
+        opts = self._options(len(seq), widest=True)
+        tried = [reread(self, moves[row][0], opts) for row in logs.sum(-1).argsort()[:SHIFTS_READ].tolist()]
+        best = self._better(tried, float(self._score(res)))
+        return best[0] if best is not None else None
 
     def _score(self, res: torch.Tensor) -> torch.Tensor:
         return res.clamp_min(self.setup.span2.noise).log().sum(-1)
 
     def _descend(self, seq: list[int]) -> tuple[list[int], float, torch.Tensor]:
-        """Sweep the positions, worst layer-2 residual first, each moved at once to its best
-        candidate (one batched forward per position), until a sweep moves nothing."""
+        """Sweep the positions that fail the check, worst layer-2 residual first, each moved at
+        once to its best candidate (one batched forward per position), until a sweep moves
+        nothing or every position passes (a passing position holds its true token: a wrong one
+        anywhere lifts every position)."""
         opts = self._options(len(seq))
         res = self._residuals(torch.tensor([seq], device=self.setup.device))[0]
         score = float(self._score(res))
         moved = True
-        while moved:
+        while moved and float(res.max()) >= self.tau:
             moved = False
             for i in res.argsort(descending=True).tolist():
+                if float(res[i]) < self.tau:
+                    continue
                 self.budget.check()
                 better = self._better(self._moves(seq, i, opts[i]), score)
                 if better is not None:

@@ -21,7 +21,12 @@ import torch
 from fedaudit.attacks.dager.search import Search
 
 PER_LINEAGE = 2
-"""Prefixes kept per lineage (all prefixes that share their first two tokens): its best and a runner-up."""
+"""Fewest prefixes kept per lineage (all prefixes that share their first two tokens): its best and a runner-up."""
+
+PREFIXES = 64
+"""Prefixes kept in all while lineages are few: a batch whose sentences start with few distinct
+words keeps more per lineage (long sentences' early tokens read poorly, so the true prefix
+often ranks below two siblings there)."""
 
 
 def read_left_to_right(
@@ -33,7 +38,8 @@ def read_left_to_right(
     ``options``: every candidate per position. Every candidate pair at the first two positions
     starts a lineage (truncated readings of different sentences are not comparable: each
     sentence's later tokens pull its prefixes off the span by their own amount), and each
-    lineage keeps its ``PER_LINEAGE`` prefixes of least summed log residual. Every prefix
+    lineage keeps its ``PREFIXES / lineages`` (at least ``PER_LINEAGE``) prefixes of least summed
+    log residual. Every prefix
     ends in the separator at each of the ``lengths`` (a finished sentence's truncated reading is
     its whole reading).
     """
@@ -73,9 +79,11 @@ def _extend(
     lineage: torch.Tensor | None,
     floor: float,
 ) -> tuple[torch.Tensor, ...]:
-    """Every prefix extended by every candidate; each lineage keeps its ``PER_LINEAGE`` best
-    (without lineages yet, every extension starts one)."""
+    """Every prefix extended by every candidate; each lineage keeps its best (without lineages
+    yet, every extension starts one)."""
     parts, offset = [], 0
+    lines = 1 if lineage is None else int(lineage.unique().numel())
+    keep = max(PER_LINEAGE, PREFIXES // lines)
     for parent, token, res, k, v in search.extensions(keys, values, cand):
         total = score[parent] + res.clamp_min(floor).log()
         rows = torch.cat([prefixes[parent], token[:, None]], dim=1)
@@ -84,9 +92,9 @@ def _extend(
         else:
             line = lineage[parent]
         offset += parent.numel()
-        parts.append(per_lineage(rows, total, k, v, line))
+        parts.append(per_lineage(rows, total, k, v, line, keep=keep))
         if len(parts) > 1:  # bounded memory: only each lineage's best rows are held between chunks
-            parts = [per_lineage(*(torch.cat(part) for part in zip(*parts)))]
+            parts = [per_lineage(*(torch.cat(part) for part in zip(*parts)), keep=keep)]
     if not parts:
         return prefixes[:0], score[:0], keys[:0], values[:0], prefixes[:0, 0]
     return parts[0]
