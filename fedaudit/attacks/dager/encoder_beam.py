@@ -8,10 +8,10 @@ extends a prefix by one token at one token's cost, and the truncated reading of 
 position is close to the span when the prefix is right: given its true prefix, the true
 token lies closest among all of a position's layer-1 candidates at most positions (measured
 on pretrained MiniLM-L6, one SST-2 validation batch of 8: closest at 84% of 160 positions, in
-the top 3 at 91%, of about 100 candidates each). Read whole, with the rest of the sentence
-wrong, the same token ranks no better than in the layer-1 order. So each lineage keeps a few
-prefixes, and each sentence it finishes (a separator where one is a candidate) goes to the
-whole-sentence check, or, mostly right, starts a descent there (``EncoderSearch``).
+the top 3 at 91%, of about 100 candidates each). Read whole, with most of the rest of the
+sentence wrong, the true token is closest far less often (``encoder_reread``). So each lineage
+keeps a few prefixes, and each sentence it finishes (a separator where one is a candidate) goes
+to the whole-sentence check, or, mostly right, starts the joint search there (``EncoderSearch``).
 """
 
 from __future__ import annotations
@@ -39,9 +39,8 @@ def read_left_to_right(
     starts a lineage (truncated readings of different sentences are not comparable: each
     sentence's later tokens pull its prefixes off the span by their own amount), and each
     lineage keeps its ``PREFIXES / lineages`` (at least ``PER_LINEAGE``) prefixes of least summed
-    log residual. Every prefix
-    ends in the separator at each of the ``lengths`` (a finished sentence's truncated reading is
-    its whole reading).
+    log residual. Every prefix ends in the separator at each of the ``lengths`` (a finished
+    sentence's truncated reading is its whole reading).
     """
     setup, device = search.setup, search.setup.device
     floor = max(setup.span2.noise, torch.finfo(torch.float64).eps)
