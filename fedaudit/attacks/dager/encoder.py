@@ -46,27 +46,26 @@ class EncoderSearch(Search):
         self.seeds: dict[int, list[list[int]]] = {}
         try:
             self._read_left_to_right(lengths)
-        except BudgetExceeded:
-            self.rejected += [(seq, 1.0) for group in self.seeds.values() for seq in group]
-            raise
-        gen = torch.Generator().manual_seed(0)
-        stalls = {n: 0 for n in lengths}
-        lengths.sort(key=lambda m: (m not in self.plan, ends.get(m, 1.0)))
-        try:
+            gen = torch.Generator().manual_seed(0)
+            stalls = {n: 0 for n in lengths}
+            lengths.sort(key=lambda m: (m not in self.plan, ends.get(m, 1.0)))
             self._restarts(lengths, stalls, gen)
         except BudgetExceeded:
-            if self.current is not None:  # the guess in progress is the best one of its length
+            # The guess in progress and the readings not searched yet are the best guesses of
+            # their lengths: without them a missing sentence falls back to the layer-1 guess.
+            if self.current is not None:
                 self.rejected.append(self.current)
+            self.rejected += [(seq, 1.0) for group in self.seeds.values() for seq in group]
             raise
 
     def _restarts(self, lengths: list[int], stalls: dict[int, int], gen: torch.Generator) -> None:
         while self.explained() < self.setup.span2.rank and lengths:
             self.budget.check()
             n = lengths[0]
-            self.current = None
             self.level = stalls[n] // 2  # widen the options every second failure
-            start = self._start(n, gen, stalls[n])
-            seq, worst = self._solve(reread(self, start, self._options(n, widest=True)))
+            self.current = (self._start(n, gen, stalls[n]), 1.0)
+            self.current = (reread(self, self.current[0], self._options(n, widest=True)), 1.0)
+            seq, worst = self._solve(self.current[0])
             if worst < self.tau and seq not in [s for s, _ in self.found]:
                 self.found.append((seq, worst))
                 stalls[n] = 0
