@@ -8,9 +8,13 @@ import torch
 from fedaudit.attacks.base import BudgetExceeded
 from fedaudit.attacks.dager.encoder_beam import read_left_to_right
 from fedaudit.attacks.dager.encoder_lengths import alive, plan_lengths
+from fedaudit.attacks.dager.encoder_positions import likely_tokens, placed_counts
 from fedaudit.attacks.dager.encoder_reread import reread, shifted
 from fedaudit.attacks.dager.search import Search
 from fedaudit.attacks.dager.span import CHUNK_BYTES
+
+SEED_READS = 6
+"""Left-to-right readings re-read per planned sentence of their length, closest first."""
 
 SHIFTS_READ = 4
 """Shifted guesses re-read per local minimum (the closest ones by their unmoved positions)."""
@@ -19,12 +23,15 @@ SHIFTS_READ = 4
 class EncoderSearch(Search):
     """Bidirectional layer 2 sees the whole sentence: search the per-position candidates jointly.
 
-    First sentences are read left to right (``encoder_beam``) and finished at every candidate
-    end: those that pass are verified, the best others of the planned lengths start the search
-    below. Then, for each sentence length (the positions where the separator token is a
-    candidate), start from a guess built from candidates no verified sentence explains yet,
-    preferring those closest to the layer-1 span at that position (a token present elsewhere in
-    the batch passes layer 1 at every position, only slightly farther). Each guess is re-read in
+    Where the embedding gradients tell which token sits where (``encoder_positions``), those
+    likely tokens lead each position's candidates, and the length plan respects them. First
+    sentences are read left to right (``encoder_beam``) over the likely tokens and finished at
+    every candidate end: those that pass are verified, the closest of the planned lengths are
+    re-read, and the best others start the search below. Then, for each sentence length (the
+    positions where the separator token is a candidate), start from a guess built from
+    candidates no verified sentence explains yet, the likely ones first (else those closest to
+    the layer-1 span at that position: a token present elsewhere in the batch passes layer 1 at
+    every position, only slightly farther). Each guess is re-read in
     place (``encoder_reread``: every single-position change read exactly, the half that gain
     most moved together), then descends: one position at a time moves to the candidate that
     lowers the summed log layer-2 residual most (all its changes scored in one batched forward),
@@ -40,7 +47,8 @@ class EncoderSearch(Search):
     def run(self) -> None:
         lengths = self._lengths()
         self.order, ends = self._layer1_order(max(lengths, default=0))
-        self.plan = plan_lengths(ends, self.setup.span2.rank, self.limit)
+        self.plan = plan_lengths(ends, self.setup.span2.rank, self.limit, placed_counts(self.setup.shares))
+        self.likely = self._likely()
         self.level = 0
         self.current: tuple[list[int], float] | None = None
         self.seeds: dict[int, list[list[int]]] = {}
@@ -64,7 +72,7 @@ class EncoderSearch(Search):
             n = lengths[0]
             self.level = stalls[n] // 2  # widen the options every second failure
             self.current = (self._start(n, gen, stalls[n]), 1.0)
-            self.current = (reread(self, self.current[0], self._options(n, widest=True)), 1.0)
+            self.current = (reread(self, self.current[0], self._reading_options(n)), 1.0)
             seq, worst = self._solve(self.current[0])
             if worst < self.tau and seq not in [s for s, _ in self.found]:
                 self.found.append((seq, worst))
@@ -109,17 +117,41 @@ class EncoderSearch(Search):
             out.append(c)
         return out, ends
 
+    def _likely(self) -> list[torch.Tensor] | None:
+        """Where the embedding gradients tell which token sits where (``encoder_positions``):
+        the likely candidates of each position, largest share first (the separator kept wherever
+        it is a candidate: ends are planned on layer 1). They lead ``self.order``, and only they
+        are read left to right. None without shares."""
+        if self.setup.shares is None:
+            return None
+        tokens, shares = self.setup.shares
+        alive_at = [alive(self.plan, i) if self.plan else self.limit for i in range(shares.shape[1])]
+        sep = getattr(self.tokenizer, "sep_token_id", None)
+        by_share = likely_tokens(tokens, shares, alive_at)
+        likely = []
+        for i, c in enumerate(self.order):
+            held = set(c.tolist())
+            first = [t for t in by_share[i].tolist() if t in held] if i < len(by_share) else []
+            if sep in held and sep not in first:
+                first.append(sep)
+            rest = [t for t in c.tolist() if t not in set(first)]
+            likely.append(torch.tensor(first, dtype=c.dtype, device=c.device))
+            self.order[i] = torch.tensor(first + rest, dtype=c.dtype, device=c.device)
+        return likely
+
     def _options(self, n: int, widest: bool = False) -> list[torch.Tensor]:
         """Per position: the candidates a sentence of length n may hold there (the separator
-        last), closest to layer 1 first; all of them if ``widest``, else as many as the planned
-        sentences alive there, doubled at each widening."""
+        last), in ``self.order``; all of them if ``widest``, else the likely ones (or, without
+        shares, as many as the planned sentences alive there), doubled at each widening."""
         sep = getattr(self.tokenizer, "sep_token_id", None)
         opts = []
         for i in range(n):
             c = self.order[i] if i < len(self.order) else self.candidates[i]
             if sep is not None:
                 c = c[c == sep] if i == n - 1 else (c[c != sep] if bool((c != sep).any()) else c)
-            if self.plan and not widest:
+            if self.likely is not None and not widest and i < len(self.likely):
+                c = c[: max(1, len(self.likely[i])) << self.level]  # the likely ones lead the order
+            elif self.plan and not widest:
                 c = c[: max(1, alive(self.plan, i)) << self.level]
             opts.append(c)
         return opts
@@ -134,24 +166,47 @@ class EncoderSearch(Search):
     def _read_left_to_right(self, lengths: list[int]) -> None:
         """Sentences read left to right (``encoder_beam``), finished at every candidate end: the
         plan is a guess, but a finished sentence's separator is read exactly, so the sentences
-        whose separator passes go to the whole-sentence check, at any length. The best others of
-        the planned lengths (closest first, twice as many as planned) start descents."""
+        whose separator passes go to the whole-sentence check, at any length. Of the planned
+        lengths, the closest few per planned sentence are re-read first: a reading loses the true
+        prefix early in a long sentence but often holds most of its positions, and a re-read
+        then finishes it (``_reread_seeds``)."""
         sep = getattr(self.tokenizer, "sep_token_id", None)
         if sep is None or not self.plan:
             return
-        finished = read_left_to_right(self, self.order, sep, set(lengths))
+        options = self.order if self.likely is None else self.likely
+        finished = read_left_to_right(self, options, sep, set(lengths))
         for n in sorted(set(lengths)):
             group = [seq for seq, last in finished if len(seq) == n and (n in self.plan or last < self.tau)]
-            if not group:
-                continue
-            res = self._residuals(torch.tensor(group, device=self.setup.device))
-            worst, score = res.max(-1).values.tolist(), self._score(res)
-            for j in score.argsort().tolist():  # closest to the span first
-                seq, w = group[j], worst[j]
-                if w < self.tau and seq not in [s for s, _ in self.found]:
-                    self.found.append((seq, w))
-                elif w >= self.tau and len(self.seeds.get(n, [])) < 2 * self.plan.count(n):
-                    self.seeds.setdefault(n, []).append(seq)
+            if group:
+                self._reread_seeds(n, group)
+
+    def _reread_seeds(self, n: int, group: list[list[int]]) -> None:
+        """Verify ``group`` (sentences of length n), closest to the span first; re-read the
+        ``SEED_READS`` closest per planned sentence of length n (verifying them too); the best
+        of the rest (twice as many as planned) start descents."""
+        res = self._residuals(torch.tensor(group, device=self.setup.device))
+        ranked = [(group[j], float(res[j].max()), float(s)) for j, s in enumerate(self._score(res).tolist())]
+        ranked.sort(key=lambda item: item[2])
+        reads = SEED_READS * self.plan.count(n)
+        for k, (seq, worst, score) in enumerate(ranked[:reads]):
+            if worst >= self.tau:
+                self.current = (seq, worst)
+                seq = reread(self, seq, self._reading_options(n))
+                r = self._residuals(torch.tensor([seq], device=self.setup.device))[0]
+                ranked[k] = (seq, float(r.max()), float(self._score(r)))
+        others = []
+        for seq, worst, score in sorted(ranked, key=lambda item: item[2]):
+            if worst < self.tau:
+                if seq not in [s for s, _ in self.found]:
+                    self.found.append((seq, worst))
+            elif seq not in others:
+                others.append(seq)
+        self.seeds[n] = others[: 2 * self.plan.count(n)]
+
+    def _reading_options(self, n: int) -> list[torch.Tensor]:
+        """What a re-read may choose from: the likely tokens where the embedding gradients
+        tell, else every candidate."""
+        return self._options(n, widest=self.likely is None)
 
     def _start(self, n: int, gen: torch.Generator, attempt: int) -> list[int]:
         """A sentence read left to right first, while any is left; then at each position the

@@ -7,6 +7,8 @@ little farther from the span than where it truly sits. Layer 2 reads one distinc
 position of each sentence (encoders mix the whole sentence into each), so the lengths of the
 B sentences sum to the layer-2 rank. Among the multisets of B candidate ends with that sum, the
 one whose separators sit closest to the layer-1 span (least summed log residual) is the plan.
+Where the embedding gradients place tokens (``encoder_positions``), a position holding k placed
+tokens is reached by at least k sentences: plans that reach it with fewer are ruled out.
 """
 
 from __future__ import annotations
@@ -18,9 +20,18 @@ STATES = 2_000_000
 every end, closest first)."""
 
 
-def plan_lengths(ends: dict[int, float], total: int, count: int) -> list[int]:
+def plan_lengths(ends: dict[int, float], total: int, count: int, least: list[int] | None = None) -> list[int]:
     """At most ``count`` lengths from ``ends`` (length -> separator residual), repeats allowed,
-    the longest always included, summing to ``total``: the fewest-missing, closest plan, or []."""
+    the longest always included, summing to ``total``: the fewest-missing, closest plan, or [].
+    ``least[i]``: sentences known to reach position i; if no plan honours it, it is dropped."""
+    if least and any(least):
+        plan = _plan(ends, total, count, least)
+        if plan:
+            return plan
+    return _plan(ends, total, count, [])
+
+
+def _plan(ends: dict[int, float], total: int, count: int, least: list[int]) -> list[int]:
     if not ends or count < 1 or count * total * len(ends) > STATES:
         return []
     longest = max(ends)
@@ -32,13 +43,14 @@ def plan_lengths(ends: dict[int, float], total: int, count: int) -> list[int]:
     for c in range(1, count):
         for (s, last), (value, chosen) in best[c].items():
             for n in ends:
-                if n > last or s + n > total:
+                # positions n..last-1 are reached by exactly the c chosen so far
+                if n > last or s + n > total or max(least[n:last], default=0) > c:
                     continue
                 entry = (value + cost[n], chosen + [n])
                 if (s + n, n) not in best[c + 1] or entry[0] < best[c + 1][(s + n, n)][0]:
                     best[c + 1][(s + n, n)] = entry
     for c in range(count, 0, -1):
-        done = [entry for (s, _), entry in best[c].items() if s == total]
+        done = [entry for (s, m), entry in best[c].items() if s == total and max(least[:m], default=0) <= c]
         if done:
             return min(done)[1]
     return []

@@ -27,6 +27,9 @@ class Setup:
     max_len: int
     vocab: int
     device: torch.device
+    shares: tuple[torch.Tensor, torch.Tensor] | None = None
+    """The batch's tokens and each one's share of each position (``encoder_positions``), where
+    the embedding gradients tell."""
 
 
 class Search:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fedaudit.attacks.base import Observation
+from fedaudit.attacks.dager.encoder_positions import position_shares
 from fedaudit.attacks.dager.layer1 import FirstInputs
 from fedaudit.attacks.dager.search import Setup
 from fedaudit.attacks.dager.span import F64, Span, estimate_span
@@ -227,4 +228,5 @@ def build_setup(observation: Observation, device: torch.device, model: nn.Module
         max_len=max_len,
         vocab=int(first.tokens.shape[0]),
         device=device,
+        shares=position_shares(observation, device),
     )

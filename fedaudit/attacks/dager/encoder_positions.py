@@ -1,0 +1,84 @@
+"""Which token sits at which position, read off the embedding gradients of an encoder with
+learned absolute positions.
+
+Its first input at (sentence b, position i) is E[token] + P[i] (+ a type row), so the gradient
+reaching that sum, g_bi, is added to two rows: the token's row of dE and the position's row of
+dP. Hence dP[i] = sum_b g_bi and dE[t] = the sum of g_bi over t's occurrences. A token seen once
+puts its whole dE row into the dP row of its position. Fewer distinct tokens than the model's
+width have independent dE rows (in general), so the least-squares fit dP[i] ~ sum_t s[t, i] dE[t]
+gives each token's *share* of each position. The same linearity lets APRIL (Lu et al., CVPR
+2022) invert a vision transformer from its position-embedding gradient.
+
+A token's shares sum to 1 over positions, since sum_i dP[i] = sum_t dE[t]. A token seen once
+has share about 1 at its position. A token seen k times splits its mass over its k positions.
+The pieces of repeated tokens are not dE rows themselves, so they add noise. Measured on pretrained
+MiniLM-L6, 5 SST-2 validation batches of 8: every token seen once but one (526 of 527) had its
+largest share at its position. The likely sets below held 97-100% of the true tokens of each
+position, about 20 tokens a position against about 110 layer-1 candidates.
+
+Only an ordering and a narrower first reading come from here; every sentence is still verified
+on layer 2.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedaudit.attacks.base import Observation
+
+F64 = torch.float64
+
+HALF = 0.5
+"""A token with at least half its gradient mass at one position sits there. A token with less
+than half anywhere is spread over several positions (a frequent word): likely everywhere."""
+
+
+def position_shares(observation: Observation, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(tokens (T,), shares (T, p)): the batch's tokens (the non-zero rows of dE) and the least
+    squares share of each in each position's dP row. None where the rule does not hold or cannot
+    be read: decoders, rotary positions, frozen embeddings, a tied output layer (its gradient
+    touches every row), protocol noise, or as many distinct tokens as the width."""
+    adapter = observation.model.adapter
+    spec = adapter.first_input
+    if (
+        adapter.is_decoder
+        or adapter.tied_embeddings
+        or spec is None
+        or spec.positions is None
+        or adapter.embedding not in observation.update
+        or spec.positions not in observation.update
+        or observation.gradient_noise_std > 0
+    ):
+        return None
+    dE = observation.gradient(adapter.embedding).to(device, F64)
+    dP = observation.gradient(spec.positions).to(device, F64)
+    tokens = torch.nonzero(dE.abs().sum(1) > 0).flatten()
+    if not tokens.numel() or tokens.numel() >= dE.shape[1]:
+        return None
+    reached = torch.nonzero(dP.abs().sum(1) > 0).flatten()
+    if not reached.numel():
+        return None
+    dP = dP[: int(reached.max()) + 1]
+    shares = torch.linalg.pinv(dE[tokens].T) @ dP.T
+    return tokens, shares
+
+
+def likely_tokens(tokens: torch.Tensor, shares: torch.Tensor, alive: list[int]) -> list[torch.Tensor]:
+    """Per position i < p, the tokens likely there, largest share first: the ``2 * alive[i]``
+    largest shares (``alive[i]``: sentences planned to reach i), every token with at least half
+    its mass at i, and every spread token (less than half anywhere)."""
+    spread = shares.max(1).values < HALF
+    out = []
+    for i in range(shares.shape[1]):
+        col = shares[:, i]
+        keep = spread | (col >= HALF)
+        keep[col.argsort(descending=True)[: 2 * max(1, alive[i])]] = True
+        order = col.argsort(descending=True)
+        out.append(tokens[order[keep[order]]])
+    return out
+
+
+def placed_counts(shares: tuple[torch.Tensor, torch.Tensor] | None) -> list[int]:
+    """Per position, the tokens with at least half their mass there: each sits there in some
+    sentence, so at least that many sentences reach it ([] without shares)."""
+    return [] if shares is None else (shares[1] >= HALF).sum(0).tolist()
