@@ -31,17 +31,16 @@ class EncoderSearch(Search):
     positions where the separator token is a candidate), start from a guess built from
     candidates no verified sentence explains yet, the likely ones first (else those closest to
     the layer-1 span at that position: a token present elsewhere in the batch passes layer 1 at
-    every position, only slightly farther). Each guess is re-read in
-    place (``encoder_reread``: every single-position change read exactly, the half that gain
-    most moved together), then descends: one position at a time moves to the candidate that
-    lowers the summed log layer-2 residual most (all its changes scored in one batched forward),
-    until no move helps. One wrong token lifts every position's layer-2 residual, so a true
-    stretch read a position or two off, or two wrong tokens that fit each other (a phrase of
-    another sentence), form local minima no single move leaves: there, shift a stretch
-    (``_shift``) or change the worst position and one other jointly (``_pair``), and descend
-    again while that helps. A sentence whose every position passes the layer-2 check is
-    verified. Restarts continue until the verified sentences explain the layer-2 rank or the
-    budget runs out.
+    every position, only slightly farther). Each guess is re-read in place (``encoder_reread``:
+    every single-position change read exactly, the half that gain most moved together), then
+    descends: one position at a time moves to the candidate that lowers the summed log layer-2
+    residual most (all its changes scored in one batched forward), until no move helps. One
+    wrong token lifts every position's layer-2 residual, so a true stretch read a position or
+    two off, or two wrong tokens that fit each other (a phrase of another sentence), form local
+    minima no single move leaves: there, shift a stretch (``_shift``) or change the worst
+    position and one other jointly (``_pair``), and descend again while that helps. A sentence
+    whose every position passes the layer-2 check is verified. Restarts continue until the
+    verified sentences explain the layer-2 rank or the budget runs out.
     """
 
     def run(self) -> None:
