@@ -50,16 +50,16 @@ def position_shares(observation: Observation, device: torch.device) -> tuple[tor
         or observation.gradient_noise_std > 0
     ):
         return None
-    dE = observation.gradient(adapter.embedding).to(device, F64)
-    dP = observation.gradient(spec.positions).to(device, F64)
-    tokens = torch.nonzero(dE.abs().sum(1) > 0).flatten()
+    dE = observation.gradient(adapter.embedding).to(device)
+    dP = observation.gradient(spec.positions).to(device)
+    tokens = torch.nonzero(dE.abs().amax(1) > 0).flatten()  # only these rows are widened to float64
     if not tokens.numel() or tokens.numel() >= dE.shape[1]:
         return None
-    reached = torch.nonzero(dP.abs().sum(1) > 0).flatten()
+    reached = torch.nonzero(dP.abs().amax(1) > 0).flatten()
     if not reached.numel():
         return None
-    dP = dP[: int(reached.max()) + 1]
-    shares = torch.linalg.pinv(dE[tokens].T) @ dP.T
+    dP = dP[: int(reached.max()) + 1].to(F64)
+    shares = torch.linalg.pinv(dE[tokens].to(F64).T) @ dP.T
     return tokens, shares
 
 
