@@ -71,9 +71,9 @@ def likely_tokens(tokens: torch.Tensor, shares: torch.Tensor, alive: list[int]) 
     out = []
     for i in range(shares.shape[1]):
         col = shares[:, i]
-        keep = spread | (col >= HALF)
-        keep[col.argsort(descending=True)[: 2 * max(1, alive[i])]] = True
         order = col.argsort(descending=True)
+        keep = spread | (col >= HALF)
+        keep[order[: 2 * max(1, alive[i])]] = True
         out.append(tokens[order[keep[order]]])
     return out
 
