@@ -133,7 +133,8 @@ class EncoderSearch(Search):
             first = [t for t in by_share[i].tolist() if t in held] if i < len(by_share) else []
             if sep in held and sep not in first:
                 first.append(sep)
-            rest = [t for t in c.tolist() if t not in set(first)]
+            led = set(first)
+            rest = [t for t in c.tolist() if t not in led]
             likely.append(torch.tensor(first, dtype=c.dtype, device=c.device))
             self.order[i] = torch.tensor(first + rest, dtype=c.dtype, device=c.device)
         return likely
