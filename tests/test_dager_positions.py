@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fedaudit.attacks.dager.encoder_lengths import plan_lengths
-from fedaudit.attacks.dager.encoder_positions import HALF, likely_tokens, placed_counts, position_shares
+from fedaudit.attacks.dager.encoder_positions import HALF, likely_tokens, placed_counts, position_shares, token_shares
 from tests.helpers import client_updates, scenario
 
 CPU = torch.device("cpu")
@@ -61,8 +61,44 @@ def test_a_plan_that_reaches_a_position_with_fewer_sentences_than_placed_tokens_
     assert plan_lengths(ends, 16, 3, least=[5] * 10) == [10, 4, 2]
 
 
+def test_verified_lengths_are_kept_and_the_rest_replanned_around_them() -> None:
+    ends = {10: 1e-3, 2: 1e-6, 3: 1e-2, 4: 1e-2}
+    # a sentence of 3 verified: the other two must sum to 13 and the longest is still 10
+    assert plan_lengths(ends, 16, 3, fixed=[3]) == [10, 3, 3]
+    # the longest end verified: the rest may start anywhere
+    assert plan_lengths(ends, 16, 3, fixed=[10]) == [10, 4, 2]
+    assert plan_lengths(ends, 16, 3, fixed=[10, 4, 2]) == [10, 4, 2]
+    # a placed token at position 3 needs a sentence longer than 3 besides the verified 10
+    assert plan_lengths(ends, 16, 3, least=[2, 2, 2, 2], fixed=[10]) == [10, 4, 2]
+    # verified lengths that overrun the rank or the batch leave no plan
+    assert plan_lengths(ends, 16, 3, fixed=[10, 10]) == []
+    assert plan_lengths(ends, 16, 1, fixed=[4, 2]) == []
+
+
 def test_no_shares_where_the_rule_does_not_hold(batches_of_eight) -> None:
     observation, _ = batches_of_eight[0]
     adapter = observation.model.adapter
     frozen = {k: v for k, v in observation.update.items() if k != adapter.first_input.positions}
     assert position_shares(replace(observation, update=frozen), CPU) is None
+
+
+def test_the_separators_shares_plan_the_sentence_lengths(batches_of_eight) -> None:
+    for observation, truth in batches_of_eight:
+        tokens, shares = position_shares(observation, CPU)
+        seqs = truth.sequences()
+        lengths = sorted((len(s) for s in seqs), reverse=True)
+        sep = token_shares((tokens, shares), seqs[0][-1])
+        # every length a candidate end, alike on layer 1: only the shares tell them apart
+        ends = {n: 1.0 for n in range(2, shares.shape[1] + 1)}
+        plan = plan_lengths(ends, sum(lengths), 8, placed_counts((tokens, shares)), shares=sep)
+        right = sum(min(plan.count(n), lengths.count(n)) for n in set(lengths))
+        assert sum(plan) == sum(lengths) and len(plan) == 8
+        assert right >= 5  # measured 6 of 8 on both batches
+
+
+def test_two_sentences_ending_together_double_the_separators_share_there() -> None:
+    ends = {10: 1e-3, 2: 1e-6, 3: 1e-2, 4: 1e-2}
+    shares = [0.0, 0.05, 0.62, -0.02, 0.0, 0.0, 0.0, 0.0, 0.0, 0.35]
+    assert plan_lengths(ends, 16, 3, shares=shares) == [10, 3, 3]
+    # the layer-1 residuals alone favour the end at 2
+    assert plan_lengths(ends, 16, 3) == [10, 4, 2]

@@ -8,7 +8,7 @@ import torch
 from fedaudit.attacks.base import BudgetExceeded
 from fedaudit.attacks.dager.encoder_beam import read_left_to_right
 from fedaudit.attacks.dager.encoder_lengths import alive, plan_lengths
-from fedaudit.attacks.dager.encoder_positions import likely_tokens, placed_counts
+from fedaudit.attacks.dager.encoder_positions import likely_tokens, placed_counts, token_shares
 from fedaudit.attacks.dager.encoder_reread import reread, shifted
 from fedaudit.attacks.dager.search import Search
 from fedaudit.attacks.dager.span import CHUNK_BYTES
@@ -45,8 +45,9 @@ class EncoderSearch(Search):
 
     def run(self) -> None:
         lengths = self._lengths()
-        self.order, ends = self._layer1_order(max(lengths, default=0))
-        self.plan = plan_lengths(ends, self.setup.span2.rank, self.limit, placed_counts(self.setup.shares))
+        self.order, self.ends = self._layer1_order(max(lengths, default=0))
+        self.plan: list[int] = []
+        self._replan()
         self.likely = self._likely()
         self.level = 0
         self.current: tuple[list[int], float] | None = None
@@ -55,7 +56,7 @@ class EncoderSearch(Search):
             self._read_left_to_right(lengths)
             gen = torch.Generator().manual_seed(0)
             stalls = {n: 0 for n in lengths}
-            lengths.sort(key=lambda m: (m not in self.plan, ends.get(m, 1.0)))
+            lengths.sort(key=lambda m: (m not in self.plan, self.ends.get(m, 1.0)))
             self._restarts(lengths, stalls, gen)
         except BudgetExceeded:
             # The guess in progress and the readings not searched yet are the best guesses of
@@ -75,6 +76,7 @@ class EncoderSearch(Search):
             seq, worst = self._solve(self.current[0])
             if worst < self.tau and seq not in [s for s, _ in self.found]:
                 self.found.append((seq, worst))
+                self._replan()
                 stalls[n] = 0
             else:
                 if worst >= self.tau:
@@ -82,6 +84,14 @@ class EncoderSearch(Search):
                 stalls[n] += 1
             lengths = [m for m in lengths if stalls[m] <= self._patience(m)]
             lengths.sort(key=lambda m: (self._planned_left(m) <= 0, stalls[m], -self._unexplained(m)))
+
+    def _replan(self) -> None:
+        """Plan the lengths (``encoder_lengths``) around the verified sentences' lengths, which are
+        known: a sentence verified at an unplanned length corrects the plan of the others."""
+        fixed = [len(seq) for seq, _ in self.found]
+        rank, placed = self.setup.span2.rank, placed_counts(self.setup.shares)
+        sep = token_shares(self.setup.shares, getattr(self.tokenizer, "sep_token_id", None))
+        self.plan = plan_lengths(self.ends, rank, self.limit, placed, fixed, sep) or self.plan
 
     def _planned_left(self, n: int) -> int:
         """Planned sentences of length n not verified yet (0 for an unplanned length)."""
@@ -199,6 +209,7 @@ class EncoderSearch(Search):
             if worst < self.tau:
                 if seq not in [s for s, _ in self.found]:
                     self.found.append((seq, worst))
+                    self._replan()
             elif seq not in others:
                 others.append(seq)
         self.seeds[n] = others[: 2 * self.plan.count(n)]

@@ -82,3 +82,11 @@ def placed_counts(shares: tuple[torch.Tensor, torch.Tensor] | None) -> list[int]
     """Per position, the tokens with at least half their mass there: each sits there in some
     sentence, so at least that many sentences reach it ([] without shares)."""
     return [] if shares is None else (shares[1] >= HALF).sum(0).tolist()
+
+
+def token_shares(shares: tuple[torch.Tensor, torch.Tensor] | None, token: int | None) -> list[float] | None:
+    """``token``'s share of each position (None without shares or if the batch lacks it)."""
+    if shares is None or token is None:
+        return None
+    row = torch.nonzero(shares[0] == token).flatten()
+    return shares[1][int(row[0])].tolist() if row.numel() else None
