@@ -78,6 +78,15 @@ def test_four_full_length_sst2_sentences_are_recovered_exactly(sst2_validation_p
         assert min(len(s) for s in truth.sequences()) >= 18  # full-length review sentences, not CoLA's
 
 
+def test_eight_full_length_sst2_sentences_are_recovered_exactly(sst2_validation_path) -> None:
+    """At B = 8 the left-to-right readings of a length are mostly other sentences, cut short or
+    run on; cleared of the verified ones before they are re-read, they finish the batch."""
+    for rec, truth, _ in _runs(sst2_validation_path, 8, 1):
+        assert sorted(rec.sequences) == sorted(truth.sequences()), rec.reason
+        assert rec.status == "exact", rec.reason
+        assert sum(map(len, truth.sequences())) >= 8 * 18
+
+
 @pytest.fixture(scope="module")
 def four_sentences(sst2_validation_path):
     """A MiniLM-L6 client of 4 SST-2 validation sentences, its attack setup and the batch's tokens."""

@@ -27,7 +27,8 @@ class EncoderSearch(Search):
     likely tokens lead each position's candidates, and the length plan respects them. First
     sentences are read left to right (``encoder_beam``) over the likely tokens and finished at
     every candidate end: those that pass are verified, the closest of the planned lengths are
-    re-read, and the best others start the search below. Then, for each sentence length (the
+    cleared of the verified sentences' tokens and re-read, and the best others start the search
+    below. Then, for each sentence length (the
     positions where the separator token is a candidate), start from a guess built from
     candidates no verified sentence explains yet, the likely ones first (else those closest to
     the layer-1 span at that position: a token present elsewhere in the batch passes layer 1 at
@@ -74,9 +75,7 @@ class EncoderSearch(Search):
             self.current = (self._start(n, gen, stalls[n]), 1.0)
             self.current = (reread(self, self.current[0], self._reading_options(n)), 1.0)
             seq, worst = self._solve(self.current[0])
-            if worst < self.tau and seq not in [s for s, _ in self.found]:
-                self.found.append((seq, worst))
-                self._replan()
+            if worst < self.tau and self._accept(seq, worst):
                 stalls[n] = 0
             else:
                 if worst >= self.tau:
@@ -185,34 +184,65 @@ class EncoderSearch(Search):
             return
         options = self.order if self.likely is None else self.likely
         finished = read_left_to_right(self, options, sep, set(lengths))
+        ranked = {}
         for n in sorted(set(lengths)):
             group = [seq for seq, last in finished if len(seq) == n and (n in self.plan or last < self.tau)]
             if group:
-                self._reread_seeds(n, group)
+                ranked[n] = self._verify(group)
+        for n, rest in ranked.items():
+            self._reread_seeds(n, rest)
 
-    def _reread_seeds(self, n: int, group: list[list[int]]) -> None:
-        """Verify ``group`` (sentences of length n), closest to the span first; re-read the
-        ``SEED_READS`` closest per planned sentence of length n (verifying them too); the best
-        of the rest (twice as many as planned) start descents."""
+    def _verify(self, group: list[list[int]]) -> list[tuple[float, list[int]]]:
+        """Verify the sentences of ``group`` that pass; the others with their scores, best first."""
         res = self._residuals(torch.tensor(group, device=self.setup.device))
-        ranked = [(group[j], float(res[j].max()), float(s)) for j, s in enumerate(self._score(res).tolist())]
-        ranked.sort(key=lambda item: item[2])
+        rest: list[tuple[float, list[int]]] = []
+        for j, score in sorted(enumerate(self._score(res).tolist()), key=lambda item: item[1]):
+            if float(res[j].max()) < self.tau:
+                self._accept(group[j], float(res[j].max()))
+            elif group[j] not in [seq for _, seq in rest]:
+                rest.append((score, group[j]))
+        return rest
+
+    def _accept(self, seq: list[int], worst: float) -> bool:
+        """Record a verified sentence (False if it was already) and plan the rest around it."""
+        if seq in [s for s, _ in self.found]:
+            return False
+        self.found.append((seq, worst))
+        self._replan()
+        return True
+
+    def _reread_seeds(self, n: int, rest: list[tuple[float, list[int]]]) -> None:
+        """Re-read the ``SEED_READS`` closest unverified readings per planned sentence of length n,
+        each cleared of the verified sentences first (``_fresh``), and verify those that pass;
+        the best of the others (twice as many as planned) start descents."""
         reads = SEED_READS * self.plan.count(n)
-        for k, (seq, worst, score) in enumerate(ranked[:reads]):
-            if worst >= self.tau:
-                self.current = (seq, worst)
-                seq = reread(self, seq, self._reading_options(n))
-                r = self._residuals(torch.tensor([seq], device=self.setup.device))[0]
-                ranked[k] = (seq, float(r.max()), float(self._score(r)))
-        others = []
-        for seq, worst, score in sorted(ranked, key=lambda item: item[2]):
-            if worst < self.tau:
-                if seq not in [s for s, _ in self.found]:
-                    self.found.append((seq, worst))
-                    self._replan()
-            elif seq not in others:
+        for k, (_, seq) in enumerate(rest[:reads]):
+            self.current = (seq, 1.0)
+            seq = reread(self, self._fresh(seq), self._reading_options(n))
+            r = self._residuals(torch.tensor([seq], device=self.setup.device))[0]
+            if float(r.max()) < self.tau:
+                self._accept(seq, float(r.max()))
+            rest[k] = (float(self._score(r)) if float(r.max()) >= self.tau else float("inf"), seq)
+        others: list[list[int]] = []
+        for score, seq in sorted(rest, key=lambda item: item[0]):
+            if score < float("inf") and seq not in others:
                 others.append(seq)
         self.seeds[n] = others[: 2 * self.plan.count(n)]
+
+    def _fresh(self, seq: list[int]) -> list[int]:
+        """``seq`` with each token a verified sentence holds at the same position replaced by the
+        first option there that none holds. The readings of one length are mostly another
+        sentence, cut short or run on (measured on SST-2 batches of 8: 349 of 407 wrong tokens
+        of the best reading of each missing sentence were another sentence's token at that
+        position): re-read as they are, they read that sentence again. The tokenizer's special
+        tokens ([CLS], [SEP]) sit in every sentence and stay."""
+        used, special = self._used(), set(getattr(self.tokenizer, "all_special_ids", []))
+        out = []
+        for i, (tok, options) in enumerate(zip(seq, self._options(len(seq)))):
+            if (i, tok) in used and tok not in special:
+                tok = next((t for t in options.tolist() if (i, t) not in used), tok)
+            out.append(tok)
+        return out
 
     def _reading_options(self, n: int) -> list[torch.Tensor]:
         """What a re-read may choose from: the likely tokens where the embedding gradients
@@ -224,7 +254,7 @@ class EncoderSearch(Search):
         unexplained candidate closest to the layer-1 span; later ones draw among the unexplained
         candidates at random."""
         if self.seeds.get(n):
-            return self.seeds[n].pop(0)
+            return self._fresh(self.seeds[n].pop(0))
         used = self._used()
         seq = []
         for i, c in enumerate(self._options(n)):
