@@ -214,9 +214,11 @@ class EncoderSearch(Search):
     def _reread_seeds(self, n: int, rest: list[tuple[float, list[int]]]) -> None:
         """Re-read the ``SEED_READS`` closest unverified readings per planned sentence of length n,
         each cleared of the verified sentences first (``_fresh``), and verify those that pass;
-        the best of the others (twice as many as planned) start descents."""
-        reads = SEED_READS * self.plan.count(n)
-        for k, (_, seq) in enumerate(rest[:reads]):
+        the best of the others (twice as many as planned) start descents. None once the planned
+        sentences of length n are verified: the others would read them again."""
+        for k, (_, seq) in enumerate(rest[: SEED_READS * self.plan.count(n)]):
+            if self._planned_left(n) <= 0 or self.explained() >= self.setup.span2.rank:
+                break
             self.current = (seq, 1.0)
             seq = reread(self, self._fresh(seq), self._reading_options(n))
             r = self._residuals(torch.tensor([seq], device=self.setup.device))[0]
@@ -231,11 +233,9 @@ class EncoderSearch(Search):
 
     def _fresh(self, seq: list[int]) -> list[int]:
         """``seq`` with each token a verified sentence holds at the same position replaced by the
-        first option there that none holds. The readings of one length are mostly another
-        sentence, cut short or run on (measured on SST-2 batches of 8: 349 of 407 wrong tokens
-        of the best reading of each missing sentence were another sentence's token at that
-        position): re-read as they are, they read that sentence again. The tokenizer's special
-        tokens ([CLS], [SEP]) sit in every sentence and stay."""
+        first option there that none holds: the readings of one length are mostly another
+        sentence cut short or run on (docs/attacks.md), and re-read as they are they read that
+        sentence again. Special tokens ([CLS], [SEP]) sit in every sentence and stay."""
         used, special = self._used(), set(getattr(self.tokenizer, "all_special_ids", []))
         out = []
         for i, (tok, options) in enumerate(zip(seq, self._options(len(seq)))):
