@@ -79,6 +79,23 @@ class Layer2Probe:
         x = self._run(input_ids, cache, positions)
         return x, cache.layers[0].keys, cache.layers[0].values
 
+    def each_in_place(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> torch.Tensor:
+        """(m, d) second-layer inputs of each token of ``input_ids`` (m,) put alone in one
+        sentence (its first-layer ``keys``/``values``, (1, h, n, hd)) in place of the token at its
+        position (``positions`` (m,)). An encoder reads its cached keys as a set, so a 4D mask
+        lets each new token see the cache less its own position, and itself: one forward reads
+        them all, and the cache is never copied per token."""
+        n, m, device = keys.shape[2], input_ids.numel(), keys.device
+        low, rows = torch.finfo(keys.dtype).min, torch.arange(m, device=device)
+        mask = torch.full((1, 1, m, n + m), low, dtype=keys.dtype, device=device)
+        mask[..., :n] = 0
+        mask[0, 0, rows, positions] = low
+        mask[0, 0, rows, n + rows] = 0
+        cache = DynamicCache(ddp_cache_data=[(keys, values)])
+        return self._run(input_ids[None], cache, positions[None], mask)[0]
+
     @contextmanager
     def _hooked(self) -> Iterator[None]:
         def stop(_module: nn.Module, args: tuple) -> None:
@@ -91,9 +108,14 @@ class Layer2Probe:
             handle.remove()
 
     def _run(
-        self, input_ids: torch.Tensor, cache: DynamicCache | None, positions: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        cache: DynamicCache | None,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        mask = None if cache is not None else torch.ones_like(input_ids)
+        if mask is None and cache is None:
+            mask = torch.ones_like(input_ids)
         with self._hooked(), torch.no_grad():
             try:
                 self.model(
