@@ -7,7 +7,7 @@ import torch
 
 from fedaudit.attacks.base import BudgetExceeded
 from fedaudit.attacks.dager.encoder_beam import read_left_to_right
-from fedaudit.attacks.dager.encoder_lengths import alive, plan_lengths
+from fedaudit.attacks.dager.encoder_lengths import alive, layer1_order, plan_lengths
 from fedaudit.attacks.dager.encoder_positions import likely_tokens, placed_counts, token_shares
 from fedaudit.attacks.dager.encoder_reread import reread, shifted
 from fedaudit.attacks.dager.search import Search
@@ -46,31 +46,30 @@ class EncoderSearch(Search):
 
     def run(self) -> None:
         lengths = self._lengths()
-        self.order, self.ends = self._layer1_order(max(lengths, default=0))
+        sep = getattr(self.tokenizer, "sep_token_id", None)
+        self.order, self.ends = layer1_order(self.setup, self.candidates, sep, max(lengths, default=0))
         self.plan: list[int] = []
         self._replan()
         self.likely = self._likely()
         self.level = 0
         self.current: tuple[list[int], float] | None = None
-        self.seeds: dict[int, list[list[int]]] = {}
+        self.seeds: dict[int, list[tuple[float, list[int]]]] = {}
         try:
             self._read_left_to_right(lengths)
             gen = torch.Generator().manual_seed(0)
-            stalls = {n: 0 for n in lengths}
-            lengths.sort(key=lambda m: (m not in self.plan, self.ends.get(m, 1.0)))
-            self._restarts(lengths, stalls, gen)
+            self._restarts(lengths, {n: 0 for n in lengths}, gen)
         except BudgetExceeded:
             # The guess in progress and the readings not searched yet are the best guesses of
             # their lengths: without them a missing sentence falls back to the layer-1 guess.
             if self.current is not None:
                 self.rejected.append(self.current)
-            self.rejected += [(seq, 1.0) for group in self.seeds.values() for seq in group]
+            self.rejected += [(seq, 1.0) for group in self.seeds.values() for _, seq in group]
             raise
 
     def _restarts(self, lengths: list[int], stalls: dict[int, int], gen: torch.Generator) -> None:
         while self.explained() < self.setup.span2.rank and lengths:
             self.budget.check()
-            n = lengths[0]
+            n = min(lengths, key=lambda m: self._promise(m, stalls))
             self.level = stalls[n] // 2  # widen the options every second failure
             self.current = (self._start(n, gen, stalls[n]), 1.0)
             self.current = (reread(self, self.current[0], self._reading_options(n)), 1.0)
@@ -82,7 +81,14 @@ class EncoderSearch(Search):
                     self.rejected.append((seq, worst))
                 stalls[n] += 1
             lengths = [m for m in lengths if stalls[m] <= self._patience(m)]
-            lengths.sort(key=lambda m: (self._planned_left(m) <= 0, stalls[m], -self._unexplained(m)))
+
+    def _promise(self, n: int, stalls: dict[int, int]) -> tuple:
+        """Which length to search next (least first): planned lengths still missing a sentence,
+        the least tried, then the one whose next reading is closest to the span (mean log layer-2
+        residual: a search of a long guess can take much of the budget, so the readings most
+        likely to finish go first), then the one with most candidates unexplained."""
+        seed = self.seeds[n][0][0] if self.seeds.get(n) else float("inf")
+        return self._planned_left(n) <= 0, stalls[n], seed, -self._unexplained(n)
 
     def _replan(self) -> None:
         """Plan the lengths (``encoder_lengths``) around the verified sentences' lengths, which are
@@ -108,22 +114,6 @@ class EncoderSearch(Search):
         if sep is None or not nonempty:
             return [len(nonempty)] if nonempty else []
         return [i + 1 for i in nonempty if bool((self.candidates[i] == sep).any())]
-
-    def _layer1_order(self, n: int) -> tuple[list[torch.Tensor], dict[int, float]]:
-        """Candidates per position, closest to the layer-1 span first (eq. 5 at that position),
-        and the separator's residual at each position it passes (length -> residual)."""
-        sep = getattr(self.tokenizer, "sep_token_id", None)
-        out, ends = [], {}
-        for i in range(n):
-            c = self.candidates[i]
-            if c.numel():
-                x = self.setup.first.materialize(c[:, None].expand(-1, i + 1).cpu())[:, i]
-                res = self.setup.span1.residual(x)
-                c, res = c[res.argsort().to(c.device)], res.sort().values
-                if sep is not None and bool((c == sep).any()):
-                    ends[i + 1] = float(res[(c == sep).to(res.device)][0])
-            out.append(c)
-        return out, ends
 
     def _likely(self) -> list[torch.Tensor] | None:
         """Where the embedding gradients tell which token sits where (``encoder_positions``):
@@ -227,9 +217,11 @@ class EncoderSearch(Search):
             rest[k] = (float(self._score(r)) if float(r.max()) >= self.tau else float("inf"), seq)
         others: list[list[int]] = []
         for score, seq in sorted(rest, key=lambda item: item[0]):
-            if score < float("inf") and seq not in others:
-                others.append(seq)
-        self.seeds[n] = others[: 2 * self.plan.count(n)]
+            if score < float("inf") and self._fresh(seq) not in others:
+                others.append(self._fresh(seq))
+        others = others[: 2 * self.plan.count(n)]
+        scores = self._score(self._residuals(torch.tensor(others, device=self.setup.device))) if others else []
+        self.seeds[n] = sorted(((float(v) / n, seq) for v, seq in zip(scores, others)), key=lambda item: item[0])
 
     def _fresh(self, seq: list[int]) -> list[int]:
         """``seq`` with each token a verified sentence holds at the same position replaced by the
@@ -254,7 +246,7 @@ class EncoderSearch(Search):
         unexplained candidate closest to the layer-1 span; later ones draw among the unexplained
         candidates at random."""
         if self.seeds.get(n):
-            return self._fresh(self.seeds[n].pop(0))
+            return self._fresh(self.seeds[n].pop(0)[1])
         used = self._used()
         seq = []
         for i, c in enumerate(self._options(n)):

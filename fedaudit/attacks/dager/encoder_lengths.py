@@ -27,6 +27,10 @@ import math
 from collections import Counter
 from collections.abc import Callable
 
+import torch
+
+from fedaudit.attacks.dager.search import Setup
+
 STATES = 2_000_000
 """Largest (count x sum x ends) table planned; beyond it no plan is made (the search then tries
 every end, closest first)."""
@@ -104,3 +108,21 @@ def _plan(
 def alive(plan: list[int], position: int) -> int:
     """How many planned sentences are longer than ``position`` (hold a token there)."""
     return sum(1 for n in plan if n > position)
+
+
+def layer1_order(
+    setup: Setup, candidates: list[torch.Tensor], sep: int | None, n: int
+) -> tuple[list[torch.Tensor], dict[int, float]]:
+    """Candidates per position (of the first ``n``), closest to the layer-1 span first (eq. 5 at
+    that position), and the separator's residual at each position it passes (length -> residual)."""
+    out, ends = [], {}
+    for i in range(n):
+        c = candidates[i]
+        if c.numel():
+            x = setup.first.materialize(c[:, None].expand(-1, i + 1).cpu())[:, i]
+            res = setup.span1.residual(x)
+            c, res = c[res.argsort().to(c.device)], res.sort().values
+            if sep is not None and bool((c == sep).any()):
+                ends[i + 1] = float(res[(c == sep).to(res.device)][0])
+        out.append(c)
+    return out, ends
