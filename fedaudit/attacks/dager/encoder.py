@@ -217,9 +217,10 @@ class EncoderSearch(Search):
             rest[k] = (float(self._score(r)) if float(r.max()) >= self.tau else float("inf"), seq)
         others: list[list[int]] = []
         for score, seq in sorted(rest, key=lambda item: item[0]):
-            if score < float("inf") and self._fresh(seq) not in others:
-                others.append(self._fresh(seq))
-        others = others[: 2 * self.plan.count(n)]
+            if len(others) == 2 * self.plan.count(n) or score == float("inf"):
+                break
+            if (fresh := self._fresh(seq)) not in others:
+                others.append(fresh)
         scores = self._score(self._residuals(torch.tensor(others, device=self.setup.device))) if others else []
         self.seeds[n] = sorted(((float(v) / n, seq) for v, seq in zip(scores, others)), key=lambda item: item[0])
 
