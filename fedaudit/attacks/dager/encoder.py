@@ -221,7 +221,10 @@ class EncoderSearch(Search):
                 break
             if (fresh := self._fresh(seq)) not in others:
                 others.append(fresh)
-        scores = self._score(self._residuals(torch.tensor(others, device=self.setup.device))) if others else []
+        if self._planned_left(n) <= 0 or not others:  # searched last, if at all: not worth a forward
+            self.seeds[n] = [(float("inf"), seq) for seq in others]
+            return
+        scores = self._score(self._residuals(torch.tensor(others, device=self.setup.device)))
         self.seeds[n] = sorted(((float(v) / n, seq) for v, seq in zip(scores, others)), key=lambda item: item[0])
 
     def _fresh(self, seq: list[int]) -> list[int]:
