@@ -65,18 +65,12 @@ class Layer2Probe:
         return x, cache.layers[0].keys, cache.layers[0].values
 
     def extend(
-        self,
-        input_ids: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        positions: torch.Tensor | None = None,
+        self, input_ids: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Second-layer inputs of ``input_ids`` (B, m) appended to prefixes whose first-layer
-        ``keys``/``values`` are given (one prefix per row), and the extended keys and values.
-        ``positions`` (B, m): the new tokens' position ids, where they are not the next ones
-        (an encoder's cached keys are a set: any position may be the one left out)."""
+        ``keys``/``values`` are given (one prefix per row), and the extended keys and values."""
         cache = DynamicCache(ddp_cache_data=[(keys, values)])
-        x = self._run(input_ids, cache, positions)
+        x = self._run(input_ids, cache)
         return x, cache.layers[0].keys, cache.layers[0].values
 
     def each_in_place(
