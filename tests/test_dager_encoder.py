@@ -8,13 +8,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from fedaudit.attacks import Budget
 from fedaudit.attacks.dager import Dager
 from fedaudit.attacks.dager.encoder_beam import per_lineage
+from fedaudit.attacks.dager.encoder_guesses import fill
 from fedaudit.attacks.dager.encoder_reread import own_residuals, reread, shifted
 from fedaudit.attacks.dager.setup import KeptModel, build_setup
 from fedaudit.audit.scoring import score
+from fedaudit.models.zoo import minilm_dir
 from tests.helpers import client_updates, scenario
 
 MINILM = ["model.name=minilm-l6", "model.config={}"]
@@ -144,3 +147,19 @@ def test_a_stretch_read_a_position_early_or_late_is_among_the_shifts() -> None:
         moves = shifted(guess)
         assert any(all(m[i] == truth[i] for i in range(len(truth)) if i not in vacated) for m, vacated in moves), guess
         assert all(len(m) == len(guess) and m[0] == 101 and m[-1] == 102 for m, _ in moves)
+
+
+def test_unverified_guesses_fill_the_slots_closest_first_without_repeating_a_sentence(sst2_validation_path) -> None:
+    """A guess holding most of a verified sentence's words is that sentence read again (a copy
+    with a word or two changed): it takes no slot, while a different sentence farther from the
+    span does."""
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    lines = sst2_validation_path.read_text().splitlines()[1:40]
+    long = [line.split("\t")[0] for line in lines if len(line.split()) > 12]
+    a, b, c = (tokenizer(text)["input_ids"] for text in long[:3])
+    copy_of_a = a[:3] + [tokenizer.convert_tokens_to_ids("film")] + a[4:]
+    special = set(tokenizer.all_special_ids)
+    guesses = [(c, -2.0), (copy_of_a, -9.0), (b, -5.0)]
+    assert fill([a], guesses, 3, special) == [a, b, c]  # the copy, though closest, is left out
+    assert fill([a], guesses, 2, special) == [a, b]  # closest first
+    assert fill([a], [(a, -9.0)], 3, special) == [a]  # a verified sentence is not repeated either

@@ -7,6 +7,7 @@ import torch
 
 from fedaudit.attacks.base import BudgetExceeded
 from fedaudit.attacks.dager.encoder_beam import read_left_to_right
+from fedaudit.attacks.dager.encoder_guesses import fill
 from fedaudit.attacks.dager.encoder_lengths import alive, layer1_order, plan_lengths
 from fedaudit.attacks.dager.encoder_positions import likely_tokens, placed_counts, token_shares
 from fedaudit.attacks.dager.encoder_reread import reread, shifted
@@ -52,7 +53,7 @@ class EncoderSearch(Search):
         self._replan()
         self.likely = self._likely()
         self.level = 0
-        self.current: tuple[list[int], float] | None = None
+        self.current: tuple[list[int], float] | None = None  # with its mean log layer-2 residual
         self.seeds: dict[int, list[tuple[float, list[int]]]] = {}
         try:
             self._read_left_to_right(lengths)
@@ -63,7 +64,7 @@ class EncoderSearch(Search):
             # their lengths: without them a missing sentence falls back to the layer-1 guess.
             if self.current is not None:
                 self.rejected.append(self.current)
-            self.rejected += [(seq, 1.0) for group in self.seeds.values() for _, seq in group]
+            self.rejected += [(seq, score) for group in self.seeds.values() for score, seq in group]
             raise
 
     def _restarts(self, lengths: list[int], stalls: dict[int, int], gen: torch.Generator) -> None:
@@ -71,14 +72,14 @@ class EncoderSearch(Search):
             self.budget.check()
             n = min(lengths, key=lambda m: self._promise(m, stalls))
             self.level = stalls[n] // 2  # widen the options every second failure
-            self.current = (self._start(n, gen, stalls[n]), 1.0)
-            self.current = (reread(self, self.current[0], self._reading_options(n)), 1.0)
-            seq, worst = self._solve(self.current[0])
-            if worst < self.tau and self._accept(seq, worst):
+            self.current = (self._start(n, gen, stalls[n]), float("inf"))
+            self.current = (reread(self, self.current[0], self._reading_options(n)), float("inf"))
+            seq, res = self._solve(self.current[0])
+            if float(res.max()) < self.tau and self._accept(seq, float(res.max())):
                 stalls[n] = 0
             else:
-                if worst >= self.tau:
-                    self.rejected.append((seq, worst))
+                if float(res.max()) >= self.tau:
+                    self.rejected.append((seq, self._closeness(res)))
                 stalls[n] += 1
             lengths = [m for m in lengths if stalls[m] <= self._patience(m)]
 
@@ -209,7 +210,7 @@ class EncoderSearch(Search):
         for k, (_, seq) in enumerate(rest[: SEED_READS * self.plan.count(n)]):
             if self._planned_left(n) <= 0 or self.explained() >= self.setup.span2.rank:
                 break
-            self.current = (seq, 1.0)
+            self.current = (seq, float("inf"))
             seq = reread(self, self._fresh(seq), self._reading_options(n))
             r = self._residuals(torch.tensor([seq], device=self.setup.device))[0]
             if float(r.max()) < self.tau:
@@ -269,7 +270,7 @@ class EncoderSearch(Search):
         best = int(scores.argmin())
         return (batch[best], float(scores[best]), cand[best]) if float(scores[best]) < score else None
 
-    def _solve(self, seq: list[int]) -> tuple[list[int], float]:
+    def _solve(self, seq: list[int]) -> tuple[list[int], torch.Tensor]:
         """Descend, then leave each local minimum by the best shift of a stretch or, failing
         that, the best joint change of two positions, and descend again while that helps."""
         seq, score, res = self._descend(seq)
@@ -283,7 +284,7 @@ class EncoderSearch(Search):
             if cand is None or cand[1] >= score:
                 break
             seq, score, res = cand
-        return seq, float(res.max())
+        return seq, res
 
     def _shift(self, seq: list[int], res: torch.Tensor) -> list[int] | None:
         """The best guess with one stretch moved a position or two (``shifted``), or None.
@@ -305,6 +306,10 @@ class EncoderSearch(Search):
     def _score(self, res: torch.Tensor) -> torch.Tensor:
         return res.clamp_min(self.setup.span2.noise).log().sum(-1)
 
+    def _closeness(self, res: torch.Tensor) -> float:
+        """Mean log layer-2 residual of one guess: comparable across lengths."""
+        return float(self._score(res)) / res.numel()
+
     def _descend(self, seq: list[int]) -> tuple[list[int], float, torch.Tensor]:
         """Sweep the positions that fail the check, worst layer-2 residual first, each moved at
         once to its best candidate (one batched forward per position), until a sweep moves
@@ -313,6 +318,7 @@ class EncoderSearch(Search):
         opts = self._options(len(seq))
         res = self._residuals(torch.tensor([seq], device=self.setup.device))[0]
         score = float(self._score(res))
+        self.current = (seq, self._closeness(res))
         moved = True
         while moved and float(res.max()) >= self.tau:
             moved = False
@@ -323,7 +329,7 @@ class EncoderSearch(Search):
                 better = self._better(self._moves(seq, i, opts[i]), score)
                 if better is not None:
                     (seq, score, res), moved = better, True
-                    self.current = (seq, float(res.max()))
+                    self.current = (seq, self._closeness(res))
         return seq, score, res
 
     @staticmethod
@@ -369,26 +375,19 @@ class EncoderSearch(Search):
         return torch.cat(parts)
 
     def best(self) -> list[list[int]]:
-        """Verified sentences, then the closest unverified guess of each planned length still
-        missing one, then the other guesses: at most ``limit`` distinct sentences."""
+        """Verified sentences, then the unverified guesses closest to the span that repeat none of
+        them (``encoder_guesses``), then the layer-1 guess of each planned length still missing a
+        sentence that no search got to: at most ``limit`` distinct sentences."""
         verified = [seq for seq, _ in sorted(self.found, key=lambda item: item[1])]
-        guesses = [seq for seq, _ in sorted(self.rejected, key=lambda item: item[1]) if seq not in verified]
+        out = fill(verified, self.rejected, self.limit, set(getattr(self.tokenizer, "all_special_ids", [])))
         missing = list(getattr(self, "plan", []))
-        for seq in verified:
+        for seq in out:
             if len(seq) in missing:
                 missing.remove(len(seq))
-        picked: list[list[int]] = []
-        for n in missing:
-            guess = next((seq for seq in guesses if len(seq) == n and seq not in picked), None)
-            if guess is None and hasattr(self, "order"):  # no search got that far: the layer-1 guess
-                guess = self._start(n, torch.Generator(), 0)
-            if guess is not None:
-                picked.append(guess)
-        out: list[list[int]] = []
-        for seq in verified + picked + guesses:
-            if seq not in out:
-                out.append(seq)
-        return out[: self.limit]
+        for n in missing if hasattr(self, "order") else []:
+            if len(out) < self.limit and (guess := self._start(n, torch.Generator(), 0)) not in out:
+                out.append(guess)
+        return out
 
     def explained(self) -> int:
         """Each distinct verified sentence holds one distinct layer-2 input vector per position."""

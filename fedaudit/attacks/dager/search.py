@@ -54,7 +54,8 @@ class Search:
         self.found: list[tuple[list[int], float]] = []
         """Verified sentences with their largest layer-2 residual."""
         self.rejected: list[tuple[list[int], float]] = []
-        """Best unverified guesses (encoders), used only to fill up to B when verification falls short."""
+        """Best unverified guesses (encoders) with their mean log layer-2 residual, used only to fill
+        up to B when verification falls short."""
         self.note = ""
         """How sure the choice among the verified sentences is, in words (decoders; empty if nothing was chosen)."""
 
