@@ -14,7 +14,7 @@ from fedaudit.attacks import Budget
 from fedaudit.attacks.dager import Dager
 from fedaudit.attacks.dager.encoder_beam import per_lineage
 from fedaudit.attacks.dager.encoder_guesses import fill
-from fedaudit.attacks.dager.encoder_reread import own_residuals, reread, shifted
+from fedaudit.attacks.dager.encoder_reread import own_residuals, read_moved, reread, resized, shifted
 from fedaudit.attacks.dager.setup import KeptModel, build_setup
 from fedaudit.audit.scoring import score
 from fedaudit.models.zoo import minilm_dir
@@ -147,6 +147,21 @@ def test_a_stretch_read_a_position_early_or_late_is_among_the_shifts() -> None:
         moves = shifted(guess)
         assert any(all(m[i] == truth[i] for i in range(len(truth)) if i not in vacated) for m, vacated in moves), guess
         assert all(len(m) == len(guess) and m[0] == 101 and m[-1] == 102 for m, _ in moves)
+
+
+def test_a_sentence_read_a_token_short_or_long_comes_back_at_its_own_length(four_sentences) -> None:
+    """A true sentence searched at a wrong length ends with a word dropped or repeated: among the
+    guesses resized to its length and re-read, it comes back exactly."""
+    search, sentences = four_sentences
+    setup = search.setup
+    reader = SimpleNamespace(setup=setup, budget=search.budget)
+    reader.residuals = lambda ids: setup.span2.residual(setup.probe.inputs(ids))
+    seq = max(sentences, key=len)
+    i = len(seq) // 2
+    for guess in (seq[:i] + seq[i + 1 :], seq[:i] + [seq[i]] + seq[i:]):
+        moves = resized(guess, {len(seq)})
+        assert moves and all(len(m) == len(seq) and m[0] == seq[0] and m[-1] == seq[-1] for m, _ in moves)
+        assert seq in read_moved(reader, moves, lambda n: _every_batch_token(sentences, n))
 
 
 def test_unverified_guesses_fill_the_slots_closest_first_without_repeating_a_sentence(sst2_validation_path) -> None:

@@ -28,6 +28,11 @@ def shared_words(a: list[int], b: list[int], special: set[int]) -> float:
     return 2 * sum((ca & cb).values()) / total if total else 0.0
 
 
+def repeats(seq: list[int], given: list[list[int]], special: set[int]) -> bool:
+    """Whether ``seq`` holds more than ``REPEAT`` of the words of one of ``given``."""
+    return any(shared_words(seq, other, special) > REPEAT for other in given)
+
+
 Guess = tuple[list[int], float]
 """A sequence and its mean log layer-2 residual."""
 
@@ -39,6 +44,6 @@ def fill(given: list[list[int]], guesses: list[Guess], limit: int, special: set[
     for seq, _ in sorted(guesses, key=lambda item: item[1]):
         if len(out) >= limit:
             break
-        if seq not in out and all(shared_words(seq, other, special) <= REPEAT for other in out):
+        if seq not in out and not repeats(seq, out, special):
             out.append(seq)
     return out
