@@ -178,3 +178,4 @@ def test_unverified_guesses_fill_the_slots_closest_first_without_repeating_a_sen
     assert fill([a], guesses, 3, special) == [a, b, c]  # the copy, though closest, is left out
     assert fill([a], guesses, 2, special) == [a, b]  # closest first
     assert fill([a], [(a, -9.0)], 3, special) == [a]  # a verified sentence is not repeated either
+    assert fill([a, b, c], guesses, 2, special) == [a, b]  # never more than the client's examples

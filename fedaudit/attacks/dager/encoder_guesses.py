@@ -38,9 +38,9 @@ Guess = tuple[list[int], float]
 
 
 def fill(given: list[list[int]], guesses: list[Guess], limit: int, special: set[int]) -> list[list[int]]:
-    """``given`` (the verified sentences), then the ``guesses`` (sequence, mean log residual)
-    closest first, each unless it repeats one already in: at most ``limit``."""
-    out = list(given)
+    """``given`` (the verified sentences, best first), then the ``guesses`` (sequence, mean log
+    residual) closest first, each unless it repeats one already in: at most ``limit`` in all."""
+    out = list(given[:limit])
     for seq, _ in sorted(guesses, key=lambda item: item[1]):
         if len(out) >= limit:
             break
