@@ -10,7 +10,7 @@ from fedaudit.attacks.dager.encoder_beam import read_left_to_right
 from fedaudit.attacks.dager.encoder_guesses import fill, repeats
 from fedaudit.attacks.dager.encoder_lengths import alive, layer1_order, plan_lengths
 from fedaudit.attacks.dager.encoder_positions import likely_tokens, placed_counts, token_shares
-from fedaudit.attacks.dager.encoder_reread import SEED_ROUNDS, read_moved, reread, resized, shifted
+from fedaudit.attacks.dager.encoder_reread import read_moved, reread, resized, shifted
 from fedaudit.attacks.dager.search import Search
 from fedaudit.attacks.dager.span import CHUNK_BYTES
 
@@ -207,7 +207,7 @@ class EncoderSearch(Search):
             if self._planned_left(n) <= 0 or self.explained() >= self.setup.span2.rank:
                 break
             self.current = (seq, float("inf"))
-            seq = reread(self, self._fresh(seq), self._reading_options(n), SEED_ROUNDS)
+            seq = reread(self, self._fresh(seq), self._reading_options(n))
             r = self.residuals(torch.tensor([seq], device=self.setup.device))[0]
             if float(r.max()) < self.tau:
                 self._accept(seq, float(r.max()))

@@ -42,13 +42,6 @@ MOVED_ROUNDS = 2
 on pretrained MiniLM-L6, the first 6 SST-2 validation batches of 8 (55 s each): 29 sentences
 exact with 12 rounds, 31 with 1, 34 with 2, 32 with 3."""
 
-SEED_ROUNDS = 4
-"""Re-readings of each closest left-to-right reading when it is first checked: one right but for
-a few positions settles in a few rounds, and one that does not is re-read in full again when a
-restart takes it up (12 rounds per reading cost 40% of a batch of 8). Measured on pretrained
-MiniLM-L6, the first 12 SST-2 validation batches of 8 (55 s each): 60 sentences exact with 12
-rounds, 63 with 4."""
-
 CHUNK_TOKENS = 512
 """Candidates read in one forward: each sees the whole cache and itself, so the attention
 scores grow with the square of this (512 x (512 + n) per head)."""
