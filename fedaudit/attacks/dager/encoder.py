@@ -229,7 +229,7 @@ class EncoderSearch(Search):
         first option there that none holds: the readings of one length are mostly another
         sentence cut short or run on (docs/attacks.md), and re-read as they are they read that
         sentence again. Special tokens ([CLS], [SEP]) sit in every sentence and stay."""
-        used, special = self._used(), set(getattr(self.tokenizer, "all_special_ids", []))
+        used, special = self._used(), self.special
         out = []
         for i, (tok, options) in enumerate(zip(seq, self._options(len(seq)))):
             if (i, tok) in used and tok not in special:
@@ -297,7 +297,7 @@ class EncoderSearch(Search):
         token or two shorter or longer (``resized``): the best, with its residuals, or None. A
         true sentence searched at a wrong length ends close, a word dropped or repeated (MiniLM-L6:
         the 10 closest final guesses of 3 SST-2 validation batches of 8 gave 7 new sentences)."""
-        special, verified = set(getattr(self.tokenizer, "all_special_ids", [])), [s for s, _ in self.found]
+        verified, special = [s for s, _ in self.found], self.special
         todo = [(c, s) for s, c in self.rejected if tuple(s) not in self.resized and not repeats(s, verified, special)]
         seq = min(todo, key=lambda item: item[0])[1] if todo else []
         self.resized.add(tuple(seq))
@@ -385,7 +385,7 @@ class EncoderSearch(Search):
         them (``encoder_guesses``), then the layer-1 guess of each planned length still missing a
         sentence that no search got to: at most ``limit`` distinct sentences."""
         verified = [seq for seq, _ in sorted(self.found, key=lambda item: item[1])]
-        out = fill(verified, self.rejected, self.limit, set(getattr(self.tokenizer, "all_special_ids", [])))
+        out = fill(verified, self.rejected, self.limit, self.special)
         missing = list(getattr(self, "plan", []))
         for seq in out:
             if len(seq) in missing:

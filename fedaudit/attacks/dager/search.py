@@ -59,6 +59,11 @@ class Search:
         self.note = ""
         """How sure the choice among the verified sentences is, in words (decoders; empty if nothing was chosen)."""
 
+    @property
+    def special(self) -> set[int]:
+        """The tokenizer's special tokens ([CLS], [SEP]): every sentence holds them, so they tell no sentence apart."""
+        return set(getattr(self.tokenizer, "all_special_ids", []))
+
     def best(self) -> list[list[int]]:
         """At most ``limit`` distinct sentences: verified ones first, each group closest to the span first."""
         ranked = sorted(self.found, key=lambda item: item[1])
