@@ -393,7 +393,7 @@ class EncoderSearch(Search):
         for n in missing if hasattr(self, "order") else []:
             if len(out) < self.limit and (guess := self._start(n, torch.Generator(), 0)) not in out:
                 out.append(guess)
-        return out[: self.limit]
+        return out
 
     def explained(self) -> int:
         """Each distinct verified sentence holds one distinct layer-2 input vector per position."""
