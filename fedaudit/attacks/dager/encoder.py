@@ -9,7 +9,7 @@ from fedaudit.attacks.base import BudgetExceeded
 from fedaudit.attacks.dager.encoder_beam import read_left_to_right
 from fedaudit.attacks.dager.encoder_guesses import fill, repeats
 from fedaudit.attacks.dager.encoder_lengths import alive, layer1_order, plan_lengths
-from fedaudit.attacks.dager.encoder_positions import likely_tokens, placed_counts, token_shares
+from fedaudit.attacks.dager.encoder_positions import lead, likely_tokens, placed_counts, token_shares
 from fedaudit.attacks.dager.encoder_reread import read_moved, reread, resized, shifted
 from fedaudit.attacks.dager.search import Search
 from fedaudit.attacks.dager.span import CHUNK_BYTES
@@ -114,25 +114,20 @@ class EncoderSearch(Search):
 
     def _likely(self) -> list[torch.Tensor] | None:
         """Where the embedding gradients tell which token sits where (``encoder_positions``):
-        the likely candidates of each position, largest share first (the separator kept wherever
-        it is a candidate: ends are planned on layer 1). They lead ``self.order``, and only they
-        are read left to right. None without shares."""
-        if self.setup.shares is None:
+        the likely candidates of each position, largest share first, of the sentences not
+        verified yet where the verified ones can be peeled off (``encoder_peel``), else of all.
+        They lead ``self.order`` (``lead``), and only they are read left to right. None without
+        shares."""
+        peeled = self.setup.peel.shares() if self.setup.peel is not None else None
+        if (shares := peeled or self.setup.shares) is None:
             return None
-        tokens, shares = self.setup.shares
-        alive_at = [alive(self.plan, i) if self.plan else self.limit for i in range(shares.shape[1])]
+        missing = list(self.plan)
+        for seq, _ in self.found if peeled else []:
+            if len(seq) in missing:
+                missing.remove(len(seq))
+        alive_at = [alive(missing, i) if self.plan else self.limit for i in range(shares[1].shape[1])]
         sep = getattr(self.tokenizer, "sep_token_id", None)
-        by_share = likely_tokens(tokens, shares, alive_at)
-        likely = []
-        for i, c in enumerate(self.order):
-            held = set(c.tolist())
-            first = [t for t in by_share[i].tolist() if t in held] if i < len(by_share) else []
-            if sep in held and sep not in first:
-                first.append(sep)
-            led = set(first)
-            rest = [t for t in c.tolist() if t not in led]
-            likely.append(torch.tensor(first, dtype=c.dtype, device=c.device))
-            self.order[i] = torch.tensor(first + rest, dtype=c.dtype, device=c.device)
+        likely, self.order = lead(self.order, likely_tokens(*shares, alive_at), sep)
         return likely
 
     def _options(self, n: int, widest: bool = False) -> list[torch.Tensor]:
@@ -196,6 +191,9 @@ class EncoderSearch(Search):
             return False
         self.found.append((seq, worst))
         self._replan()
+        if self.setup.peel is not None:
+            self.setup.peel.off(self.setup.model, seq)
+            self.likely = self._likely()
         return True
 
     def _reread_seeds(self, n: int, rest: list[tuple[float, list[int]]]) -> None:

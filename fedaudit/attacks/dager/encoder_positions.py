@@ -58,9 +58,12 @@ def position_shares(observation: Observation, device: torch.device) -> tuple[tor
     reached = torch.nonzero(dP.abs().amax(1) > 0).flatten()
     if not reached.numel():
         return None
-    dP = dP[: int(reached.max()) + 1].to(F64)
-    shares = torch.linalg.pinv(dE[tokens].to(F64).T) @ dP.T
-    return tokens, shares
+    return tokens, fit_shares(dE[tokens].to(F64), dP[: int(reached.max()) + 1].to(F64))
+
+
+def fit_shares(embedding: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(T, p) least-squares shares s with positions[i] ~ sum_t s[t, i] embedding[t]."""
+    return torch.linalg.pinv(embedding.T) @ positions.T
 
 
 def likely_tokens(tokens: torch.Tensor, shares: torch.Tensor, alive: list[int]) -> list[torch.Tensor]:
@@ -90,3 +93,22 @@ def token_shares(shares: tuple[torch.Tensor, torch.Tensor] | None, token: int | 
         return None
     row = torch.nonzero(shares[0] == token).flatten()
     return shares[1][int(row[0])].tolist() if row.numel() else None
+
+
+def lead(
+    order: list[torch.Tensor], by_share: list[torch.Tensor], sep: int | None
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(likely, order): per position, the candidates of ``order`` that ``by_share`` holds there,
+    in its order (the separator kept wherever it is a candidate: ends are planned on layer 1),
+    and ``order`` with them first."""
+    likely, led_order = [], []
+    for i, c in enumerate(order):
+        held = set(c.tolist())
+        first = [t for t in by_share[i].tolist() if t in held] if i < len(by_share) else []
+        if sep in held and sep not in first:
+            first.append(sep)
+        led = set(first)
+        rest = [t for t in c.tolist() if t not in led]
+        likely.append(torch.tensor(first, dtype=c.dtype, device=c.device))
+        led_order.append(torch.tensor(first + rest, dtype=c.dtype, device=c.device))
+    return likely, led_order

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from fedaudit.attacks.base import Budget
+from fedaudit.attacks.dager.encoder_peel import Peel
 from fedaudit.attacks.dager.layer1 import FirstInputs
 from fedaudit.attacks.dager.span import CHUNK_BYTES, Span
 from fedaudit.models.probe import Layer2Probe
@@ -30,6 +31,8 @@ class Setup:
     shares: tuple[torch.Tensor, torch.Tensor] | None = None
     """The batch's tokens and each one's share of each position (``encoder_positions``), where
     the embedding gradients tell."""
+    peel: Peel | None = None
+    """The embedding gradients less the verified sentences' (``encoder_peel``), where they can be replayed."""
 
 
 class Search:

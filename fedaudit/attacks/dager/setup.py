@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fedaudit.attacks.base import Observation
+from fedaudit.attacks.dager.encoder_peel import start_peel
 from fedaudit.attacks.dager.encoder_positions import position_shares
 from fedaudit.attacks.dager.layer1 import FirstInputs
 from fedaudit.attacks.dager.search import Setup
@@ -219,6 +220,7 @@ def build_setup(observation: Observation, device: torch.device, model: nn.Module
         probe = Layer2Probe(model, adapter.attention_inputs[1].module)
         kept = _per_model[model] = (probe, first_inputs(model, observation, max_len), max_len)
     probe, first, _ = kept
+    shares = position_shares(observation, device)
     return Setup(
         span1=span1,
         span2=span2,
@@ -228,5 +230,6 @@ def build_setup(observation: Observation, device: torch.device, model: nn.Module
         max_len=max_len,
         vocab=int(first.tokens.shape[0]),
         device=device,
-        shares=position_shares(observation, device),
+        shares=shares,
+        peel=start_peel(observation, shares),
     )
