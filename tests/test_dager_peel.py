@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from fedaudit.attacks.dager.encoder_peel import start_peel
-from fedaudit.attacks.dager.encoder_positions import likely_tokens, position_shares
+from fedaudit.attacks.dager.encoder_lengths import plan_lengths
+from fedaudit.attacks.dager.encoder_positions import likely_tokens, placed_counts, position_shares, token_shares
 from tests.helpers import client_updates, scenario
 
 CPU = torch.device("cpu")
@@ -71,3 +72,16 @@ def test_no_peel_where_the_update_is_not_one_batch_gradient(batches_of_eight) ->
     ):
         assert start_peel(replace(observation, protocol=protocol), shares) is None
     assert start_peel(observation, None) is None
+
+
+def test_the_peeled_separator_plans_the_other_sentences_lengths(batches_of_eight) -> None:
+    for observation, truth in batches_of_eight:
+        seqs = truth.sequences()
+        tokens, shares = _peeled(observation, seqs).shares()
+        rest = seqs[PEELED:]
+        sep = seqs[0][-1]
+        # every length the peeled positions reach is a candidate end: the shares alone decide
+        ends = {n: 1.0 for n in range(2, shares.shape[1] + 1)}
+        at_end = token_shares((tokens, shares), sep)
+        plan = plan_lengths(ends, sum(map(len, rest)), len(rest), placed_counts((tokens, shares)), [], at_end)
+        assert sorted(plan) == sorted(map(len, rest))

@@ -132,3 +132,40 @@ def resized(seq: list[int], lengths: set[int], most: int = 2) -> list[tuple[list
         if n + k in lengths:
             out += [(seq[:i] + [seq[i - 1]] * k + seq[i:], list(range(i, i + k))) for i in range(1, n)]
     return out
+
+
+def paired(
+    search: Search, seq: list[int], res: torch.Tensor, options: list[torch.Tensor], widest: list[torch.Tensor]
+) -> list[int] | None:
+    """The best change of the worst position (largest layer-2 residual), alone or jointly with one
+    other position (each over its ``options``), or None if none lowers the score. The worst
+    position may take any of its ``widest`` candidates: a true token ranked low at layer 1 shows
+    up here."""
+    worst = int(res.argmax())
+    pool = [tok for tok in widest[worst].tolist() if tok != seq[worst]]
+    # At most a few descent sweeps' worth of forwards: the other position's candidates
+    # closest to the layer-1 span first (all of them while there are few).
+    single = sum(c.numel() - 1 for c in options)
+    keep = max(1, 4 * single // max(1, len(pool) * (len(seq) - 1)))
+    batch = [list(seq)]
+    for tok in pool:
+        batch.append(seq[:worst] + [tok] + seq[worst + 1 :])
+        for j, c in enumerate(options):
+            if j == worst:
+                continue
+            for other in c[: keep + 1].tolist():
+                if other != seq[j]:
+                    g = list(seq)
+                    g[worst], g[j] = tok, other
+                    batch.append(g)
+    if len(batch) == 1:
+        return None
+    search.budget.check()
+    score = log_score(search, search.residuals(torch.tensor(batch, device=search.setup.device)))
+    best = int(score.argmin())
+    return batch[best] if best else None
+
+
+def log_score(search: Search, res: torch.Tensor) -> torch.Tensor:
+    """Summed log layer-2 residual of each guess (rows of ``res``), floored at the span's noise."""
+    return res.clamp_min(search.setup.span2.noise).log().sum(-1)
