@@ -206,6 +206,7 @@ class Dager(Attack):
             sentences_found=len(finder.found),
             layer2_choice=finder.note,
         )
+        every = finder.explained() >= setup.span2.rank and setup.peel is not None
         return verdict.SearchOutcome(
             sequences=finder.best(),
             found=len(finder.found),
@@ -213,6 +214,7 @@ class Dager(Attack):
             ran_out=ran_out,
             tokens=set(),
             choice=finder.note,
+            unexplained=setup.peel.unexplained() if every else 0,
         )
 
     def _layer1_terms(self, setup: Setup) -> tuple[Layer1Terms, bool]:

@@ -65,6 +65,11 @@ class Peel:
         gone = self.embedding[rows].norm(dim=1) <= self.floor[0][rows]
         self.confirmed = self.confirmed or bool(gone.any())
 
+    def unexplained(self) -> int:
+        """Tokens whose dE row the peeled sentences leave above rounding (0 until the replay is
+        confirmed): once every sentence is peeled, a token a wrong sentence claims or misses."""
+        return int((self.embedding.norm(dim=1) > self.floor[0]).sum()) if self.confirmed else 0
+
     def shares(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(tokens, shares) of the sentences not peeled yet; None until the replay is confirmed,
         or once nothing is left."""

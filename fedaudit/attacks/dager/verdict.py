@@ -2,7 +2,8 @@
 
 Every status and reason DAGER returns is built here, from what the checks measured; the attack
 itself only measures. ``exact`` needs every condition at once: a FedSGD gradient without noise,
-verified sentences that explain every direction of the layer-2 gradient, and no more sentences
+verified sentences that explain every direction of the layer-2 gradient (and, where their
+gradient can be replayed, every token's row of the embedding gradient), and no more sentences
 than the client reports.
 """
 
@@ -33,6 +34,9 @@ class SearchOutcome:
     """Tokens that passed the layer-1 check."""
     choice: str = ""
     """How sure the choice of these sentences among all that pass is (``choice.choose``), or empty."""
+    unexplained: int = 0
+    """Tokens whose embedding gradient the verified sentences, replayed and subtracted, leave
+    (``encoder_peel``; 0 where they cannot be replayed or do not explain the layer-2 rank)."""
 
 
 def _drift(observation: Observation) -> str:
@@ -87,6 +91,12 @@ def _shortfalls(observation: Observation, s1: Span, s2: Span, outcome: SearchOut
             f"the verified sentences explain {outcome.explained} of the {s2.rank} layer-2 input "
             "vectors the gradient holds"
             + ("" if observation.exact_gradient else " (under drift that rank is an upper bound)")
+        )
+    if outcome.unexplained:  # the span checks pass a sentence a token off; the replay does not
+        reasons.append(
+            f"replayed and subtracted, the verified sentences leave the embedding gradient of "
+            f"{_count(outcome.unexplained, 'token')} unexplained: some sentence holds a wrong token "
+            "that passes the span checks (or an example repeats a sentence)"
         )
     if found > expected:  # more than B at the true inputs' level: no gap or rank singles B out
         reasons.append(
