@@ -104,12 +104,19 @@ def _class_gradients(
     model: nn.Module, names: tuple[str, str], seq: list[int], tokens: torch.Tensor
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     """Per class c, the gradient of logit c of sentence ``seq`` alone w.r.t. the rows ``tokens`` of
-    the token embeddings and the position embeddings (float64), and the class probabilities."""
-    params = [model.get_parameter(name) for name in names]
+    the token embeddings and the position embeddings (float64), and the class probabilities.
+
+    The token rows come from the lookup's output: a row's gradient is the sum of the output's
+    gradient over the positions holding that token, and the gradient of the whole embedding
+    matrix (dense, vocabulary x width) would cost more than the forward pass."""
+    ids = torch.tensor([seq], device=tokens.device)
+    positions = model.get_parameter(names[1])
+    holds = (ids[0][:, None] == tokens[None, :]).to(F64)  # (n, T): which token sits where
     with torch.enable_grad():
-        logits = model(input_ids=torch.tensor([seq], device=tokens.device)).logits[0]
+        looked_up = model.get_input_embeddings()(ids).detach().requires_grad_()
+        logits = model(inputs_embeds=looked_up).logits[0]
         out = []
         for c in range(logits.numel()):
-            dE, dP = torch.autograd.grad(logits[c], params, retain_graph=c + 1 < logits.numel())
-            out.append((dE[tokens].to(F64), dP.to(F64)))
+            g, dP = torch.autograd.grad(logits[c], [looked_up, positions], retain_graph=c + 1 < logits.numel())
+            out.append((holds.T @ g[0].to(F64), dP.to(F64)))
     return out, logits.detach().to(F64).softmax(-1)
