@@ -41,8 +41,8 @@ class Peel:
     """(p, d) what is left of dP."""
     floor: tuple[torch.Tensor, torch.Tensor]
     """Per row of each: below this the row is rounding (``vanish`` times its norm as sent)."""
-    names: tuple[str, str]
-    """The token- and position-embedding parameters."""
+    position_parameter: str
+    """The position embeddings' parameter name (the token rows come from the lookup's output)."""
     batch: int
     confirmed: bool = False
     """Whether a peel has shown the replay exact (a row vanished)."""
@@ -50,7 +50,7 @@ class Peel:
     def off(self, model: nn.Module, seq: list[int]) -> None:
         """Subtract sentence ``seq``'s gradient, under the label that leaves least of its rows."""
         rows = torch.isin(self.tokens, torch.tensor(seq, device=self.tokens.device))
-        per_class, probs = _class_gradients(model, self.names, seq, self.tokens)
+        per_class, probs = _class_gradients(model, self.position_parameter, seq, self.tokens)
         best = None
         for y in range(probs.numel()):
             weight = probs - torch.nn.functional.one_hot(torch.tensor(y), probs.numel()).to(probs)
@@ -91,17 +91,16 @@ def start_peel(observation: Observation, shares: tuple[torch.Tensor, torch.Tenso
     if protocol.group_size != 1:  # a sum over clients: no one batch mean to replay
         return None
     adapter = observation.model.adapter
-    names = (adapter.embedding, adapter.first_input.positions)
     tokens, fitted = shares
-    dE = observation.gradient(names[0]).to(tokens.device)[tokens].to(F64)
-    dP = observation.gradient(names[1]).to(tokens.device)[: fitted.shape[1]].to(F64)
+    dE = observation.gradient(adapter.embedding).to(tokens.device)[tokens].to(F64)
+    dP = observation.gradient(adapter.first_input.positions).to(tokens.device)[: fitted.shape[1]].to(F64)
     vanish = float(torch.finfo(observation.model.dtype).eps) ** 0.5  # half the digits agree
     floor = (vanish * dE.norm(dim=1), vanish * dP.norm(dim=1))
-    return Peel(tokens, dE, dP, floor, names, protocol.num_examples)
+    return Peel(tokens, dE, dP, floor, adapter.first_input.positions, protocol.num_examples)
 
 
 def _class_gradients(
-    model: nn.Module, names: tuple[str, str], seq: list[int], tokens: torch.Tensor
+    model: nn.Module, position_parameter: str, seq: list[int], tokens: torch.Tensor
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     """Per class c, the gradient of logit c of sentence ``seq`` alone w.r.t. the rows ``tokens`` of
     the token embeddings and the position embeddings (float64), and the class probabilities.
@@ -110,7 +109,7 @@ def _class_gradients(
     gradient over the positions holding that token, and the gradient of the whole embedding
     matrix (dense, vocabulary x width) would cost more than the forward pass."""
     ids = torch.tensor([seq], device=tokens.device)
-    positions = model.get_parameter(names[1])
+    positions = model.get_parameter(position_parameter)
     holds = (ids[0][:, None] == tokens[None, :]).to(F64)  # (n, T): which token sits where
     with torch.enable_grad():
         looked_up = model.get_input_embeddings()(ids).detach().requires_grad_()
